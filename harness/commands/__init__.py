@@ -1,0 +1,1 @@
+"""One module per `bdpo` subcommand (see harness/cli.py for the interface)."""

