@@ -1,0 +1,101 @@
+"""The run directory: stage fingerprints (caching and resume) and the single-writer lock.
+
+A stage is identified by a name such as `train/dpo-seed0`. Before running it, the pipeline computes
+the fingerprint of everything the stage reads (config fields, data hashes, upstream fingerprints,
+package versions). After the stage's outputs are written (atomically), its record
+`stages/<name>.json` is written LAST: a crash at any earlier point leaves no record, so the stage
+reruns. A stage is fresh when its record's fingerprint matches and all its outputs exist.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harness.errors import UserError
+from harness.io import atomic_write_json, read_json, sha256_json
+
+
+@dataclass(frozen=True)
+class StageRecord:
+    name: str
+    fingerprint: str
+    outputs: tuple[str, ...]  # paths relative to the run directory
+
+
+class RunDir:
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+
+    def path(self, *parts: str) -> Path:
+        """A path inside the run directory; refuses names that would escape it."""
+        p = self.root.joinpath(*parts).resolve()
+        if not p.is_relative_to(self.root.resolve()):
+            raise UserError(f"'{'/'.join(parts)}' would write outside the run directory {self.root}.")
+        return p
+
+    def _record_path(self, stage: str) -> Path:
+        return self.path("stages", f"{stage}.json")
+
+    @staticmethod
+    def fingerprint(inputs: dict[str, Any]) -> str:
+        return sha256_json(inputs)
+
+    def is_fresh(self, stage: str, fingerprint: str) -> bool:
+        rec = self._record_path(stage)
+        if not rec.exists():
+            return False
+        try:
+            data = read_json(rec)
+        except UserError:
+            return False
+        if data.get("fingerprint") != fingerprint:
+            return False
+        return all(self.path(o).exists() for o in data.get("outputs", []))
+
+    def record(self, stage: str, fingerprint: str, inputs: dict[str, Any], outputs: list[str]) -> None:
+        """Mark a stage finished. Call only after every output is in place."""
+        missing = [o for o in outputs if not self.path(o).exists()]
+        if missing:
+            raise RuntimeError(f"stage {stage} finished without writing {missing}")
+        atomic_write_json(self._record_path(stage), {
+            "stage": stage, "fingerprint": fingerprint, "inputs": inputs, "outputs": sorted(outputs),
+        })
+
+    def stage_fingerprint(self, stage: str) -> str | None:
+        rec = self._record_path(stage)
+        return read_json(rec).get("fingerprint") if rec.exists() else None
+
+
+class RunLock:
+    """An exclusive lock on a run directory (flock: released by the OS even after SIGKILL)."""
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.path = Path(root) / ".lock"
+        self._fd: int | None = None
+
+    def __enter__(self) -> "RunLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise UserError(
+                f"{self.path.parent}: another bdpo process (pid {holder}) is writing this run directory. "
+                "Wait for it to finish, or use another experiment name."
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None

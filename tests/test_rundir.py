@@ -1,0 +1,47 @@
+"""Run directory: fingerprint records written last, freshness, path containment, the lock."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from harness.errors import UserError
+from harness.rundir import RunDir, RunLock
+
+
+def test_stage_is_fresh_only_with_matching_fingerprint_and_outputs(tmp_path):
+    run = RunDir(tmp_path)
+    fp = RunDir.fingerprint({"beta": 0.1})
+    assert not run.is_fresh("train/a", fp)
+    run.path("out.txt").write_text("x")
+    run.record("train/a", fp, {"beta": 0.1}, ["out.txt"])
+    assert run.is_fresh("train/a", fp)
+    assert not run.is_fresh("train/a", RunDir.fingerprint({"beta": 0.2}))
+    run.path("out.txt").unlink()
+    assert not run.is_fresh("train/a", fp)
+
+
+def test_record_refuses_missing_outputs(tmp_path):
+    run = RunDir(tmp_path)
+    with pytest.raises(RuntimeError, match="without writing"):
+        run.record("s", "f", {}, ["nothing.txt"])
+
+
+def test_paths_cannot_escape(tmp_path):
+    run = RunDir(tmp_path / "run")
+    with pytest.raises(UserError, match="outside the run directory"):
+        run.path("..", "evil.txt")
+
+
+def test_lock_excludes_a_second_process(tmp_path):
+    code = (
+        "import sys; from harness.rundir import RunLock; from harness.errors import UserError\n"
+        f"try:\n    RunLock(r'{tmp_path}').__enter__()\nexcept UserError as e:\n    print(e); sys.exit(3)\n"
+    )
+    with RunLock(tmp_path):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert out.returncode == 3 and "another bdpo process" in out.stdout
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0
