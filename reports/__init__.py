@@ -1,0 +1,1 @@
+"""Reports: statistics, leaderboard, ablation tables, plots and the HTML page, rebuilt from result files only."""
