@@ -1,0 +1,581 @@
+"""Preference data: one registered loader per format, the prompt-disjoint split, and the one
+function that turns a prompt into model input text.
+
+Every loader reads a `DataSourceConfig` and yields, per input row, either a `PreferencePair` or a
+`Drop` (a known quirk of the data, counted by reason). `load_source` adds what every format shares:
+option checks, dropping chosen == rejected, `max_pairs`, and the `LoadReport`. Rows that are wrong
+rather than quirky raise a one-line `UserError` naming the file, the line or row, and the field.
+
+Conventions (docs/data.md): a prompt is a tuple of chat messages whose last one is the user's;
+chosen/rejected are the assistant's reply text; leading and trailing whitespace is stripped from
+every message and reply; pair ids are "<source name>:<line or row index>".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterator, Literal, NamedTuple, Sequence, Union
+
+from harness.config import DataConfig, DataSourceConfig, check_kwargs
+from harness.errors import UserError
+from harness.io import iter_jsonl, read_json
+from harness.records import Message, PreferencePair, PromptRecord
+from harness.registries import DATA_FORMATS
+from harness.registry import suggest
+
+# --------------------------------------------------------------------------------------------
+# Reports
+# --------------------------------------------------------------------------------------------
+
+IDENTICAL = "chosen == rejected"
+
+
+@dataclass(frozen=True)
+class Drop:
+    """A row skipped for a known, harmless reason (counted in the LoadReport, not an error)."""
+
+    reason: str
+
+
+@dataclass
+class LoadReport:
+    """What one source's loading did: rows read, pairs kept, rows dropped by reason."""
+
+    source: str
+    format: str
+    path: str
+    rows_read: int = 0
+    kept: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+    # True when max_pairs was reached before the end of the data (the rest was not read).
+    truncated: bool = False
+
+    def summary(self) -> str:
+        drops = ", ".join(f"{n} {why}" for why, n in sorted(self.dropped.items())) or "none"
+        more = f" (stopped at max_pairs={self.kept})" if self.truncated else ""
+        return f"{self.source}: read {self.rows_read} rows, kept {self.kept} pairs, dropped: {drops}{more}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "format": self.format, "path": self.path, "rows_read": self.rows_read,
+                "kept": self.kept, "dropped": dict(sorted(self.dropped.items())), "truncated": self.truncated}
+
+
+class LoadResult(NamedTuple):
+    pairs: list[PreferencePair]
+    report: LoadReport
+
+
+# --------------------------------------------------------------------------------------------
+# Rows: where they come from (JSONL line, JSON/Parquet row, Hub row) and field checks
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Row:
+    """One input record. `where` names it in errors; `key` becomes the pair id's suffix."""
+
+    where: str
+    key: str
+    data: dict[str, Any]
+
+    def get(self, name: str, expected: Sequence[str]) -> Any:
+        """The field's value; a missing field names the closest present one."""
+        if name not in self.data:
+            raise UserError(f"{self.where}: missing field '{name}'.{suggest(name, list(self.data))} "
+                            f"Expected fields: {', '.join(expected)}.")
+        return self.data[name]
+
+    def text(self, name: str, expected: Sequence[str], value: Any = None, what: str = "") -> str:
+        """A non-empty string field (or `value` found inside it), stripped."""
+        value = self.get(name, expected) if value is None else value
+        label = f"field '{name}'{what}"
+        if not isinstance(value, str):
+            raise UserError(f"{self.where}: {label} must be a string, got {type(value).__name__}. Fix that row.")
+        if not value.strip():
+            raise UserError(f"{self.where}: {label} is empty. Remove that row or fill it in.")
+        return value.strip()
+
+    def fail(self, message: str) -> UserError:
+        return UserError(f"{self.where}: {message}")
+
+
+JSONL_SUFFIXES = (".jsonl", ".jsonl.gz")
+JSON_SUFFIXES = (".json", ".json.gz")
+PARQUET_SUFFIXES = (".parquet",)
+FILE_SUFFIXES = JSONL_SUFFIXES + JSON_SUFFIXES + PARQUET_SUFFIXES
+
+
+def file_rows(path: Path, key_prefix: str = "") -> Iterator[Row]:
+    """Rows of one JSONL (streamed), JSON (a list of objects) or Parquet (streamed) file."""
+    name = path.name
+    if not path.exists():
+        raise UserError(f"{path}: file not found. Check the path in your config or command line.")
+    if name.endswith(JSONL_SUFFIXES):
+        for lineno, obj in iter_jsonl(path):
+            yield Row(f"{path}:{lineno}", f"{key_prefix}{lineno}", obj)
+    elif name.endswith(JSON_SUFFIXES):
+        data = read_json(path)
+        if not isinstance(data, list):
+            raise UserError(f"{path}: expected a JSON list of objects, got {type(data).__name__}. "
+                            f"Use one object per row (or JSONL).")
+        for i, obj in enumerate(data):
+            if not isinstance(obj, dict):
+                raise UserError(f"{path}: row {i}: expected a JSON object, got {type(obj).__name__}.")
+            yield Row(f"{path}: row {i}", f"{key_prefix}{i}", obj)
+    elif name.endswith(PARQUET_SUFFIXES):
+        yield from _parquet_rows(path, key_prefix)
+    elif path.is_dir():
+        raise UserError(f"{path}: is a folder; this format reads one file (.json, .jsonl(.gz) or .parquet).")
+    else:
+        raise UserError(f"{path}: unsupported file type. Use .json, .jsonl, .jsonl.gz or .parquet.")
+
+
+def _parquet_rows(path: Path, key_prefix: str) -> Iterator[Row]:
+    import pyarrow
+    import pyarrow.parquet as pq
+
+    try:
+        reader = pq.ParquetFile(path)
+        i = 0
+        for batch in reader.iter_batches(batch_size=1024):
+            for obj in batch.to_pylist():
+                yield Row(f"{path}: row {i}", f"{key_prefix}{i}", obj)
+                i += 1
+    except (pyarrow.ArrowException, OSError) as e:
+        raise UserError(f"{path}: cannot read as Parquet ({e}). The file may be truncated; re-export it.") from None
+
+
+def _looks_like_path(text: str) -> bool:
+    """Hub names are 'name' or 'owner/name'; anything else that is absent locally is a missing file."""
+    return text.startswith((".", "/", "~")) or text.endswith(FILE_SUFFIXES) or text.count("/") > 1 or "\\" in text
+
+
+def hub_rows(name: str, split: str) -> Iterator[Row]:
+    """Rows of a Hugging Face Hub data set (needs the Hub; most machines here are offline)."""
+    try:
+        import datasets
+
+        ds = datasets.load_dataset(name, split=split)
+    except Exception as e:  # noqa: BLE001 - datasets raises many types (offline, no such name, no split)
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(
+            f"'{name}' is not a local file or folder, and loading it as a Hugging Face data set failed "
+            f"({reason}). Check the path, or download the data set and point `path` at the file."
+        ) from None
+    for i, obj in enumerate(ds):
+        yield Row(f"{name}[{split}]: row {i}", str(i), dict(obj))
+
+
+def source_rows(source: DataSourceConfig) -> Iterator[Row]:
+    """Rows of a source's `path`: a local file, else a Hub data set name (options.split, default train)."""
+    if not source.path:
+        raise UserError(f"data source '{source_name(source)}' ({source.format}): `path` is empty. "
+                        f"Set it to a file or a Hugging Face data set name.")
+    path = Path(source.path).expanduser()
+    if path.exists() or _looks_like_path(source.path):
+        return file_rows(path)
+    return hub_rows(source.path, source.options.get("split", "train"))
+
+
+def source_name(source: DataSourceConfig) -> str:
+    return source.name or source.format
+
+
+# --------------------------------------------------------------------------------------------
+# Messages
+# --------------------------------------------------------------------------------------------
+
+ROLES = ("system", "user", "assistant")
+
+
+def user_prompt(text: str) -> tuple[Message, ...]:
+    return ({"role": "user", "content": text},)
+
+
+def check_messages(row: Row, name: str, value: Any, expected: Sequence[str]) -> tuple[Message, ...]:
+    """A conversation field: a non-empty list of {"role", "content"} ending with the user's turn."""
+    if not isinstance(value, list) or not value:
+        raise row.fail(f"field '{name}' must be a string or a non-empty list of messages, got {value!r:.60}.")
+    messages = []
+    for i, m in enumerate(value):
+        if not isinstance(m, dict) or "role" not in m or "content" not in m:
+            raise row.fail(f"field '{name}[{i}]' must be an object with 'role' and 'content', got {m!r:.60}.")
+        if m["role"] not in ROLES:
+            raise row.fail(f"field '{name}[{i}].role' is {m['role']!r}.{suggest(str(m['role']), list(ROLES))} "
+                           f"Use one of: {', '.join(ROLES)}.")
+        if not isinstance(m["content"], str):
+            raise row.fail(f"field '{name}[{i}].content' must be a string, got {type(m['content']).__name__}.")
+        messages.append({"role": m["role"], "content": m["content"].strip()})
+    if messages[-1]["role"] != "user" or not messages[-1]["content"]:
+        raise row.fail(f"field '{name}' must end with a non-empty user message (the turn being answered).")
+    return tuple(messages)
+
+
+def check_reply(row: Row, name: str, expected: Sequence[str]) -> str:
+    """A reply field: a string, or a list holding one assistant message (TRL's conversational form)."""
+    value = row.get(name, expected)
+    if isinstance(value, list):
+        if len(value) != 1 or not isinstance(value[0], dict) or value[0].get("role") != "assistant":
+            raise row.fail(f"field '{name}' must be a string or a list with one assistant message, got {value!r:.80}.")
+        return row.text(name, expected, value[0].get("content"), what="[0].content")
+    return row.text(name, expected, value)
+
+
+# --------------------------------------------------------------------------------------------
+# Loaders (one registered generator per format; `bdpo ls` shows the first docstring line)
+# --------------------------------------------------------------------------------------------
+
+Item = Union[PreferencePair, Drop]
+
+HUMAN, ASSISTANT = "\n\nHuman:", "\n\nAssistant:"
+_HH_TURN = re.compile(r"(\n\nHuman:|\n\nAssistant:)")
+HH_FIELDS = ("chosen", "rejected")
+
+
+def _hh_files(path: Path, subsets: Sequence[str]) -> list[tuple[Path, str]]:
+    """(file, id prefix) pairs: one file, or every <subset>/*.jsonl(.gz) of a folder, sorted."""
+    if path.is_file() or not path.exists():
+        if subsets:
+            raise UserError(f"{path}: option 'subsets' needs a folder of <subset>/*.jsonl.gz, not a file.")
+        return [(path, "")]
+    files = sorted(p for p in path.glob("*/*") if p.name.endswith(JSONL_SUFFIXES))
+    found = sorted({p.parent.name for p in files})
+    for s in subsets:
+        if s not in found:
+            raise UserError(f"{path}: no subset '{s}'.{suggest(s, found)} Found: {', '.join(found) or 'none'}.")
+    chosen = [p for p in files if not subsets or p.parent.name in subsets]
+    if not chosen:
+        raise UserError(f"{path}: no <subset>/*.jsonl(.gz) files in this folder. Point `path` at the HH-RLHF folder.")
+    return [(p, f"{p.parent.name}/{p.name.split('.')[0]}:") for p in chosen]
+
+
+def parse_hh_dialogue(text: str) -> list[Message]:
+    """'\\n\\nHuman: a\\n\\nAssistant: b' -> [{"role": "user", "content": "a"}, {"role": "assistant", ...}]."""
+    parts = _HH_TURN.split(text)
+    if parts[0].strip():
+        raise ValueError("it does not start with '\\n\\nHuman:'")
+    return [{"role": "user" if marker == HUMAN else "assistant", "content": body.strip()}
+            for marker, body in zip(parts[1::2], parts[2::2])]
+
+
+def hh_pair(row: Row, source: str, subset: str) -> Item:
+    """One HH-RLHF row (two whole dialogues) -> a pair, or a Drop for the data set's known quirks."""
+    chosen, rejected = (row.text(f, HH_FIELDS) for f in HH_FIELDS)
+    # The texts were stripped; put back the leading "\n\n" the turn markers start with.
+    chosen, rejected = "\n\n" + chosen, "\n\n" + rejected
+    cut_c, cut_r = chosen.rfind(ASSISTANT), rejected.rfind(ASSISTANT)
+    for name, cut in (("chosen", cut_c), ("rejected", cut_r)):
+        if cut < 0:
+            raise row.fail(f"field '{name}' has no '\\n\\nAssistant:' turn; hh-rlhf rows are whole dialogues "
+                           f"('\\n\\nHuman: ...\\n\\nAssistant: ...'). Use format 'preference' for prompt/chosen/rejected.")
+    if chosen[:cut_c] != rejected[:cut_r]:
+        return Drop("dialogues differ before the last assistant turn")
+    reply_c, reply_r = chosen[cut_c + len(ASSISTANT):].strip(), rejected[cut_r + len(ASSISTANT):].strip()
+    if HUMAN in reply_c or HUMAN in reply_r:
+        return Drop("dialogue ends with a human turn")
+    if not reply_c or not reply_r:
+        return Drop("empty final assistant turn")
+    try:
+        prompt = parse_hh_dialogue(chosen[:cut_c])
+    except ValueError as e:
+        raise row.fail(f"field 'chosen': {e}. Is this really HH-RLHF data?") from None
+    if not prompt or prompt[-1]["role"] != "user" or not prompt[-1]["content"]:
+        return Drop("prompt does not end with a human turn")
+    return PreferencePair(id=f"{source}:{row.key}", prompt=tuple(prompt), chosen=reply_c, rejected=reply_r,
+                          source=source, meta={"subset": subset})
+
+
+@DATA_FORMATS.register("hh-rlhf")
+def load_hh_rlhf(source: DataSourceConfig, *, subsets: tuple[str, ...] = ()) -> Iterator[Item]:
+    """Anthropic HH-RLHF whole dialogues: a .jsonl(.gz) file, or a folder of <subset>/*.jsonl.gz.
+
+    Prompt = the dialogue up to the last "\\n\\nAssistant:" (it must be the same in chosen and
+    rejected), parsed into user/assistant messages; chosen/rejected = the final assistant turns.
+    Dropped (counted): dialogues that differ earlier, end with a human turn, or have an empty final
+    turn. Option `subsets`: which subset folders to read (default all). meta.subset = folder name.
+    """
+    path = Path(source.path).expanduser()
+    if not source.path or (not path.exists() and not _looks_like_path(source.path)):
+        for row in source_rows(source):
+            yield hh_pair(row, source_name(source), source.path)
+        return
+    for file, prefix in _hh_files(path, subsets):
+        for row in file_rows(file, prefix):
+            yield hh_pair(row, source_name(source), file.parent.name)
+
+
+PKU_FIELDS = ("prompt", "response_0", "response_1", "is_response_0_safe", "is_response_1_safe",
+              "better_response_id", "safer_response_id")
+
+
+def _response_id(row: Row, name: str) -> int:
+    value = row.get(name, PKU_FIELDS)
+    if isinstance(value, bool) or value not in (0, 1):
+        raise row.fail(f"field '{name}' must be 0 or 1, got {value!r}.")
+    return int(value)
+
+
+def _flag(row: Row, name: str) -> bool:
+    value = row.get(name, PKU_FIELDS)
+    if not isinstance(value, bool):
+        raise row.fail(f"field '{name}' must be true or false, got {value!r}.")
+    return value
+
+
+def _harm_categories(value: Any) -> Any:
+    """PKU stores {category: bool}; keep the names marked true (sorted), or the value as given."""
+    if isinstance(value, dict):
+        return sorted(k for k, v in value.items() if v)
+    return value
+
+
+@DATA_FORMATS.register("pku-saferlhf")
+def load_pku_saferlhf(source: DataSourceConfig, *, pair_by: Literal["safer", "better"] = "safer") -> Iterator[Item]:
+    """PKU-SafeRLHF, full schema (JSON, JSONL or Parquet, or the Hub name); pair_by safer|better.
+
+    chosen = the safer (or better) response by `safer_response_id` (`better_response_id`). meta keeps
+    the labels: chosen_safe, rejected_safe and, when present, chosen/rejected_severity and
+    chosen/rejected_harm_category (the categories marked true), plus pair_by.
+    """
+    name = source_name(source)
+    for row in source_rows(source):
+        prompt = row.text("prompt", PKU_FIELDS)
+        responses = [row.text(f"response_{i}", PKU_FIELDS) for i in (0, 1)]
+        safe = [_flag(row, f"is_response_{i}_safe") for i in (0, 1)]
+        better, safer = _response_id(row, "better_response_id"), _response_id(row, "safer_response_id")
+        c = safer if pair_by == "safer" else better
+        r = 1 - c
+        meta: dict[str, Any] = {"pair_by": pair_by, "chosen_safe": safe[c], "rejected_safe": safe[r],
+                                "better_is_safer": better == safer}
+        for label, fmt in (("severity", "response_{}_severity_level"), ("harm_category", "response_{}_harm_category")):
+            if fmt.format(0) in row.data and fmt.format(1) in row.data:
+                meta[f"chosen_{label}"] = _harm_categories(row.data[fmt.format(c)])
+                meta[f"rejected_{label}"] = _harm_categories(row.data[fmt.format(r)])
+        yield PreferencePair(id=f"{name}:{row.key}", prompt=user_prompt(prompt), chosen=responses[c],
+                             rejected=responses[r], source=name, meta=meta)
+
+
+DERIVED_FIELDS = ("prompt", "response")
+
+
+@DATA_FORMATS.register("pku-saferlhf-derived")
+def load_pku_saferlhf_derived(source: DataSourceConfig) -> Iterator[Item]:
+    """PKU-SafeRLHF pairs as [{"prompt", "response": [safer, less_safe]}, ...] (JSON or JSONL)."""
+    name = source_name(source)
+    for row in source_rows(source):
+        prompt = row.text("prompt", DERIVED_FIELDS)
+        value = row.get("response", DERIVED_FIELDS)
+        if not isinstance(value, list) or len(value) != 2:
+            raise row.fail(f"field 'response' must be a list [safer, less_safe] of two strings, got {value!r:.60}.")
+        chosen, rejected = (row.text("response", DERIVED_FIELDS, v, what=f"[{i}]") for i, v in enumerate(value))
+        yield PreferencePair(id=f"{name}:{row.key}", prompt=user_prompt(prompt), chosen=chosen, rejected=rejected,
+                             source=name, meta={"pair_by": "safer"})
+
+
+PREFERENCE_FIELDS = ("prompt", "chosen", "rejected")
+
+
+def preference_pair(row: Row, source: str) -> PreferencePair:
+    """TRL's explicit-prompt preference row, standard or conversational, plus an optional `meta` object."""
+    value = row.get("prompt", PREFERENCE_FIELDS)
+    prompt = user_prompt(row.text("prompt", PREFERENCE_FIELDS)) if isinstance(value, str) \
+        else check_messages(row, "prompt", value, PREFERENCE_FIELDS)
+    chosen, rejected = (check_reply(row, f, PREFERENCE_FIELDS) for f in ("chosen", "rejected"))
+    meta = row.data.get("meta") or {}
+    if not isinstance(meta, dict):
+        raise row.fail(f"field 'meta' must be an object, got {type(meta).__name__}.")
+    return PreferencePair(id=f"{source}:{row.key}", prompt=prompt, chosen=chosen, rejected=rejected,
+                          source=source, meta=dict(meta))
+
+
+@DATA_FORMATS.register("preference")
+def load_preference(source: DataSourceConfig) -> Iterator[Item]:
+    """Generic prompt/chosen/rejected (TRL's standard or conversational form) in JSON, JSONL or Parquet.
+
+    Standard: all three are strings. Conversational: prompt is a list of {"role", "content"}
+    messages ending with the user's; chosen/rejected are strings or a list with one assistant
+    message. An optional `meta` object per row is kept.
+    """
+    for row in source_rows(source):
+        yield preference_pair(row, source_name(source))
+
+
+BUILTIN_SAFETY_FILE = "safety_smoke.jsonl"
+
+
+@DATA_FORMATS.register("builtin-safety")
+def load_builtin_safety(source: DataSourceConfig) -> Iterator[Item]:
+    """Embedded smoke-scale safety set (helpful and harmful requests, written by this project; not a benchmark).
+
+    harness/builtin_data/safety_smoke.jsonl, made by harness/builtin_data/make_safety_smoke.py.
+    meta: category (helpful|harmful), topic, chosen_safe, rejected_safe, rejected_kind.
+    """
+    if source.path:
+        raise UserError(f"data source '{source_name(source)}': builtin-safety takes no `path` (got "
+                        f"'{source.path}'). Remove it, or use format 'preference' for your own file.")
+    with resources.as_file(resources.files("harness.builtin_data").joinpath(BUILTIN_SAFETY_FILE)) as path:
+        for row in file_rows(path):
+            yield preference_pair(row, source_name(source))
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------
+
+# Options every loader accepts (handled here, not by the loader's keywords).
+COMMON_OPTIONS = ("split",)
+
+
+def load_source(source: DataSourceConfig) -> LoadResult:
+    """All pairs of one source (chosen == rejected dropped, at most max_pairs), with its report."""
+    name = source_name(source)
+    loader = DATA_FORMATS.get(source.format)
+    options = {k: v for k, v in source.options.items() if k not in COMMON_OPTIONS}
+    check_kwargs(loader, options, f"data.sources.{name}.options")
+    split = source.options.get("split", "train")
+    if not isinstance(split, str):
+        raise UserError(f"config key 'data.sources.{name}.options.split': expected a string, got {split!r}.")
+    report = LoadReport(source=name, format=source.format, path=source.path)
+    pairs: list[PreferencePair] = []
+    for item in loader(source, **options):
+        report.rows_read += 1
+        if isinstance(item, PreferencePair) and item.chosen == item.rejected:
+            item = Drop(IDENTICAL)
+        if isinstance(item, Drop):
+            report.dropped[item.reason] = report.dropped.get(item.reason, 0) + 1
+            continue
+        pairs.append(item)
+        if source.max_pairs is not None and len(pairs) >= source.max_pairs:
+            report.truncated = True
+            break
+    report.kept = len(pairs)
+    if not pairs:
+        raise UserError(f"data source '{name}' ({source.path or source.format}): no pairs left "
+                        f"({report.summary()}). Check the file and the format.")
+    return LoadResult(pairs, report)
+
+
+def load_sources(data: DataConfig) -> tuple[list[PreferencePair], list[LoadReport]]:
+    """Pairs of every source, in config order, and one report per source."""
+    names = [source_name(s) for s in data.sources]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise UserError(f"config key 'data.sources': duplicate source names {dupes}; give each a distinct `name`.")
+    pairs: list[PreferencePair] = []
+    reports = []
+    for source in data.sources:
+        result = load_source(source)
+        pairs.extend(result.pairs)
+        reports.append(result.report)
+    return pairs, reports
+
+
+# --------------------------------------------------------------------------------------------
+# The split
+# --------------------------------------------------------------------------------------------
+
+
+def prompt_key(prompt: Sequence[Message]) -> str:
+    """The prompt's text (roles and contents): pairs with equal keys always land in the same part."""
+    return json.dumps([[m["role"], m["content"]] for m in prompt], ensure_ascii=False)
+
+
+@dataclass(frozen=True)
+class DataSplit:
+    scorer_pairs: list[PreferencePair]
+    train_pairs: list[PreferencePair]
+    # One record per held-out prompt text; prompt_id = the id of its first pair.
+    eval_prompts: list[PromptRecord]
+    # The pairs of the held-out prompts (never trained on; for held-out preference accuracy).
+    eval_pairs: list[PreferencePair]
+
+    def sizes(self) -> dict[str, int]:
+        return {"scorer_pairs": len(self.scorer_pairs), "train_pairs": len(self.train_pairs),
+                "eval_prompts": len(self.eval_prompts), "eval_pairs": len(self.eval_pairs)}
+
+
+def split_pairs(pairs: Sequence[PreferencePair], *, seed: int, scorer_fraction: float, eval_prompts: int) -> DataSplit:
+    """Split pairs into scorer-training, policy-training and held-out evaluation parts by prompt text.
+
+    Rule: the distinct prompt texts are ordered by sha256("<seed>:<prompt text>"); the first
+    `eval_prompts` are held out for evaluation, the next round(scorer_fraction x number of distinct
+    prompts) (at least 1 when the fraction is above 0) train the scorers, the rest train the
+    policies. A prompt text is in exactly one part with all its pairs; the result depends only on
+    the seed and the set of pairs (not their order), and parts keep the input order.
+    """
+    first: dict[str, PreferencePair] = {}
+    for p in pairs:
+        first.setdefault(prompt_key(p.prompt), p)
+    keys = sorted(first, key=lambda k: hashlib.sha256(f"{seed}:{k}".encode()).hexdigest())
+    n_scorer = max(1, round(scorer_fraction * len(keys))) if scorer_fraction > 0 else 0
+    if eval_prompts + n_scorer >= len(keys):
+        raise UserError(
+            f"data: only {len(keys)} distinct prompts, but eval_prompts={eval_prompts} and scorer_fraction="
+            f"{scorer_fraction} ({n_scorer} prompts) leave none for training. Lower data.eval_prompts or "
+            f"data.scorer_fraction, or add data.")
+    part = {k: "eval" for k in keys[:eval_prompts]}
+    part.update({k: "scorer" for k in keys[eval_prompts:eval_prompts + n_scorer]})
+    by_part: dict[str, list[PreferencePair]] = {"eval": [], "scorer": [], "train": []}
+    for p in pairs:
+        by_part[part.get(prompt_key(p.prompt), "train")].append(p)
+    held_out = [first[k] for k in first if part.get(k) == "eval"]
+    records = [PromptRecord(prompt_id=p.id, prompt=p.prompt, source=p.source, meta=dict(p.meta)) for p in held_out]
+    return DataSplit(scorer_pairs=by_part["scorer"], train_pairs=by_part["train"], eval_prompts=records,
+                     eval_pairs=by_part["eval"])
+
+
+# --------------------------------------------------------------------------------------------
+# Rendering: the one place a prompt (and a reply) becomes model text
+# --------------------------------------------------------------------------------------------
+
+_HH_SPEAKER = {"user": "Human", "assistant": "Assistant"}
+_PROBE = "\x00reply\x00"  # a reply no real text contains, to find what the template writes around one
+
+
+def uses_chat_template(tokenizer: Any, use_chat_template: bool) -> bool:
+    return bool(use_chat_template and getattr(tokenizer, "chat_template", None))
+
+
+def render_prompt(messages: Sequence[Message], tokenizer: Any, use_chat_template: bool) -> str:
+    """The model input text for a prompt; trainers and generators both call this.
+
+    With a chat template (and use_chat_template): the template with add_generation_prompt=True
+    (it includes whatever BOS the template writes, so tokenise it with add_special_tokens=False
+    when a template is used). Otherwise HH's plain form: an optional system text, then
+    "\\n\\nHuman: ...\\n\\nAssistant: ..." turns, ending with "\\n\\nAssistant:".
+    """
+    if not messages or messages[-1]["role"] != "user":
+        raise ValueError("a prompt must end with the user's message")
+    if uses_chat_template(tokenizer, use_chat_template):
+        return tokenizer.apply_chat_template([dict(m) for m in messages], tokenize=False, add_generation_prompt=True)
+    turns = "".join(m["content"] if m["role"] == "system" else f"\n\n{_HH_SPEAKER[m['role']]}: {m['content']}"
+                    for m in messages)
+    return turns + ASSISTANT
+
+
+def render_response(text: str, tokenizer: Any, use_chat_template: bool) -> str:
+    """The text that follows render_prompt(...) for an assistant reply `text` (for training).
+
+    With a chat template: the reply as the template writes it after the generation prompt, up to
+    and including its end-of-turn marker (e.g. "text<|im_end|>" for ChatML; the newline after the
+    marker belongs to the next turn). When the template does not write a rendered prompt as a
+    prefix of the full conversation, or writes nothing after the reply: text + eos_token.
+    Plain form: " " + text + eos_token, as HH writes "Assistant: text".
+    The end marker is part of the response so training teaches the model to stop there.
+    """
+    eos = getattr(tokenizer, "eos_token", None) or ""
+    if not uses_chat_template(tokenizer, use_chat_template):
+        return f" {text}{eos}"
+    probe = [{"role": "user", "content": "x"}]
+    head = tokenizer.apply_chat_template(probe, tokenize=False, add_generation_prompt=True)
+    full = tokenizer.apply_chat_template(probe + [{"role": "assistant", "content": _PROBE}], tokenize=False)
+    if not full.startswith(head) or _PROBE not in full[len(head):]:
+        return text + eos
+    before, after = full[len(head):].split(_PROBE, 1)
+    after = after.rstrip()
+    return before + text + (after or eos)
