@@ -192,9 +192,11 @@ def nbdpo(
 
     Shapes: every field of `logps` [B]; every tensor of the output [B]. Margin weights a = lam, b = 1.
     """
-    dmin = {"symmetric": 1 / (1 + clip) - 1, "asymmetric": 0.0}[clipping]
+    # lam = 1 + clamp(lw - ll, dmin, dmax) = clamp(1 + lw - ll, 1 + dmin, 1 + dmax); clamping lam itself
+    # keeps it exactly inside its range in float32 (1 + (1/(1+dmax) - 1) can round below 1/(1+dmax)).
+    lam_min = {"symmetric": 1 / (1 + clip), "asymmetric": 1.0}[clipping]
     with torch.no_grad():
-        lam = 1 + (logps.chosen - logps.rejected).clamp(dmin, clip)
+        lam = (1 + (logps.chosen - logps.rejected)).clamp(lam_min, 1 + clip)
     hw, hl = _log_ratios(logps)
     losses = -F.logsigmoid(beta * (lam * hw - hl))
     return _output(logps, beta, losses, lam, _ones(logps), lam)
