@@ -174,6 +174,19 @@ class ScorerConfig:
     score_type: Literal["reward", "cost"] = "reward"
     threshold: float = 0.0
     batch_size: int = 32
+    # Only with path `train:` (the project's own Bradley-Terry model on the scorer split):
+    # data sources whose scorer pairs train it (empty = all), and its training settings.
+    train_sources: tuple[str, ...] = ()
+    train_steps: int = 200
+    train_batch_size: int = 16
+    train_learning_rate: float = 5e-5
+    train_max_length: int = 256
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.train_steps < 1 or self.train_batch_size < 1 or self.train_max_length < 8:
+            raise ValueError("batch_size, train_steps, train_batch_size must be >= 1 and train_max_length >= 8")
+        if "/" in self.name or "." in self.name or not self.name:
+            raise ValueError("name: must be a plain name without '/' or '.' (it is part of file names)")
 
 
 @dataclass(frozen=True)
@@ -192,9 +205,100 @@ class ReportConfig:
 
 
 @dataclass(frozen=True)
+class SyntheticMethodConfig:
+    # Label of this method in the synthetic results and reports.
+    name: str = "dpo"
+    # Registered loss name (`bdpo ls`).
+    loss: str = "dpo"
+    # Keyword parameters of the loss; checked against its signature when the experiment starts.
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class SyntheticConfig:
-    # Filled in by the synthetic experiment (trainers/synthetic.py documents every constant).
-    enabled: bool = True
+    """The tabular experiment of the paper's Section 6.1 (trainers/synthetic.py, docs/synthetic.md).
+
+    Defaults were fixed before any result was looked at; the reason for each is beside it.
+    """
+
+    # The grid: prompts x responses, utility u(x, y) = exp(-(y - mu_x)^2 / (2 sigma^2)) with mu_x
+    # uniform in [0, n_responses - 1]. sigma 2: about 5 of 20 responses are good (u > 0.6) and
+    # most are near 0, so there is a clear optimum that a mask can hide.
+    n_prompts: int = 20
+    n_responses: int = 20
+    utility_sigma: float = 2.0
+    # Bradley-Terry labels: P(y1 preferred to y2) = sigmoid(reward_scale * (u1 - u2)). 5: the best
+    # response beats the worst 99.3% of the time, a 0.5 utility gap 92%: informative but noisy.
+    reward_scale: float = 5.0
+    # Pairs sampled (with replacement, two distinct unmasked responses) per prompt. 50: most of the
+    # 66 pairs left at mask 0.4 are seen, a quarter of the 190 at mask 0: a finite, noisy data set.
+    pairs_per_prompt: int = 50
+    # Share of each prompt's responses removed from the preference data (out of distribution).
+    mask_rates: tuple[float, ...] = (0.0, 0.2, 0.4)
+    # Seeds seed .. seed + n_seeds - 1; each draws its own grid, mask, data and initial policy.
+    # 20 seeds: a 95% CI's half-width is then 0.47 standard deviations of the per-seed values.
+    n_seeds: int = 20
+    seed: int = 0
+    # softmax: tabular logits. probabilities: the table itself, projected onto the simplex
+    # (entries >= prob_floor) after every step.
+    parameterization: Literal["softmax", "probabilities"] = "softmax"
+    # Initial logits ~ N(0, init_logit_std^2): a non-uniform reference, as a pretrained model is,
+    # so winner and loser probabilities differ from step 0 (with a uniform one bDPO starts as DPO).
+    init_logit_std: float = 1.0
+    prob_floor: float = 1e-6
+    # Reference = initial policy, optionally first trained by this many full-batch DPO steps
+    # (beta ref_warmup_beta) on the same data; the warmed-up policy is then also the start.
+    ref_warmup_steps: int = 0
+    ref_warmup_beta: float = 0.1
+    # Full-batch optimisation of each run's table. Adam, as in LLM training; lr 0.01 x 1000 steps
+    # lets a logit move up to ~10 nats, enough to go from near uniform to concentrated.
+    optimizer: Literal["adam", "sgd"] = "adam"
+    learning_rate: float = 0.01
+    steps: int = 1000
+    # Training curves and gradient-ratio statistics every log_every steps (and at the end).
+    log_every: int = 20
+    # Histogram of log(|dL/dpi_w| / |dL/dpi_l|) over [-grad_ratio_range, grad_ratio_range]; values
+    # beyond it (and the infinities bDPO's clip 0.5 can give) count in the edge bins.
+    grad_ratio_bins: int = 80
+    grad_ratio_range: float = 10.0
+    # Paired differences are against this method; confidence of the t intervals over seeds.
+    baseline: str = "dpo"
+    confidence: float = 0.95
+    # beta 0.1 everywhere (the usual DPO value); bDPO clip 0.5 (DESIGN.md, synthetic); nbDPO clip
+    # 1.0 (the registered default: lam up to 2).
+    methods: tuple[SyntheticMethodConfig, ...] = (
+        SyntheticMethodConfig("dpo", "dpo", {"beta": 0.1}),
+        SyntheticMethodConfig("bdpo", "bdpo", {"beta": 0.1, "clip": 0.5}),
+        SyntheticMethodConfig("nbdpo-sym", "nbdpo", {"beta": 0.1, "clip": 1.0, "clipping": "symmetric"}),
+        SyntheticMethodConfig("nbdpo-asym", "nbdpo", {"beta": 0.1, "clip": 1.0, "clipping": "asymmetric"}),
+    )
+
+    def __post_init__(self) -> None:
+        for name in ("n_prompts", "n_seeds", "pairs_per_prompt", "steps", "log_every", "grad_ratio_bins"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be at least 1")
+        if self.n_responses < 2:
+            raise ValueError("n_responses: must be at least 2")
+        for name in ("utility_sigma", "reward_scale", "learning_rate", "ref_warmup_beta", "grad_ratio_range"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name}: must be positive")
+        for name in ("init_logit_std", "ref_warmup_steps", "seed"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}: must be >= 0")
+        if not 0 < self.prob_floor < 1 / self.n_responses:
+            raise ValueError(f"prob_floor: must be in (0, 1/n_responses = {1 / self.n_responses:g})")
+        if not self.mask_rates or len(set(self.mask_rates)) != len(self.mask_rates):
+            raise ValueError("mask_rates: at least one, no duplicates")
+        for rate in self.mask_rates:
+            if not 0 <= rate or self.n_responses - round(rate * self.n_responses) < 2:
+                raise ValueError(f"mask_rates: {rate} must be >= 0 and leave at least 2 responses per prompt")
+        names = [m.name for m in self.methods]
+        if not names or len(set(names)) != len(names):
+            raise ValueError("methods: at least one, with unique names")
+        if self.baseline not in names:
+            raise ValueError(f"baseline: '{self.baseline}' is not one of the methods {names}")
+        if not 0.5 < self.confidence < 1:
+            raise ValueError("confidence: must be in (0.5, 1)")
 
 
 @dataclass(frozen=True)
