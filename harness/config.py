@@ -152,10 +152,12 @@ class GenerateConfig:
     seed: int = 0
     stop: tuple[str, ...] = ()
     batch_size: int = 16
+    # GPUs one vLLM engine spreads a model over (vLLM only; the transformers generator needs 1).
+    tensor_parallel_size: int = 1
 
     def __post_init__(self) -> None:
-        if self.n < 1 or self.max_new_tokens < 1 or self.batch_size < 1:
-            raise ValueError("n, max_new_tokens and batch_size must be at least 1")
+        if self.n < 1 or self.max_new_tokens < 1 or self.batch_size < 1 or self.tensor_parallel_size < 1:
+            raise ValueError("n, max_new_tokens, batch_size and tensor_parallel_size must be at least 1")
         if self.temperature < 0:
             raise ValueError("temperature: must be >= 0 (0 = greedy)")
         if not 0 < self.top_p <= 1:
