@@ -22,11 +22,13 @@ def run(args: argparse.Namespace) -> int:
     from harness.registry import summary
 
     kinds = {"loss": LOSSES, "data": DATA_FORMATS, "generator": GENERATORS, "scorer": SCORERS, "model": BUILTIN_MODELS}
+    titles = {"loss": "losses", "data": "data formats", "generator": "generators", "scorer": "scorers",
+              "model": "built-in models"}
     console = Console()
     for key, registry in kinds.items():
         if args.kind and args.kind != key:
             continue
-        table = Table(title=f"{registry.kind}s", title_justify="left")
+        table = Table(title=titles[key], title_justify="left")
         table.add_column("name", style="bold")
         table.add_column("description")
         for name, obj in registry.items():

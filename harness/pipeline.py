@@ -1,0 +1,322 @@
+"""The pipeline: the only module that knows the order of stages.
+
+    data -> [synthetic] -> scorer training -> train (variant x seed) -> generate -> score -> report
+
+`plan()` turns a RunConfig into a list of stages, each with the fingerprint of everything it reads
+(config fields, data hashes, upstream fingerprints, package versions). `execute()` runs the stages
+whose fingerprint has no matching record and skips the rest, so a rerun with nothing changed does no
+work, changing one variant redoes only that variant's stages, and a killed run continues where it
+stopped (stages write atomically and record their fingerprint last; training and generation also
+resume inside a stage).
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from rich.console import Console
+from rich.table import Table
+
+from harness.config import RunConfig, ScorerConfig, VariantConfig, dump_config, to_dict, variant_train_config
+from harness.errors import UserError
+from harness.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl, sha256_json, sha256_tree
+from harness.models import resolve_model_path
+from harness.provenance import environment, package_versions, timestamp
+from harness.records import PreferencePair, PromptRecord
+from harness.registries import LOSSES
+from harness.rundir import RunDir, RunLock
+
+REFERENCE = "reference"
+TRAINED_SCORER = "train:"
+
+
+@dataclass
+class Stage:
+    name: str
+    inputs: dict[str, Any]
+    outputs: list[str]
+    action: Callable[[], None]
+    fingerprint: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.fingerprint = RunDir.fingerprint(self.inputs)
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One trained policy (`<variant>-seed<seed>`), or the untrained reference."""
+
+    name: str
+    variant: VariantConfig | None
+    seed: int | None
+
+
+def units_of(cfg: RunConfig) -> list[Unit]:
+    return [Unit(f"{v.name}-seed{s}", v, s) for v in cfg.variants for s in cfg.seeds]
+
+
+def loss_defaults(loss: str) -> dict[str, Any]:
+    sig = inspect.signature(LOSSES.get(loss))
+    return {n: p.default for n, p in sig.parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+
+def sweep_fields(cfg: RunConfig) -> dict[str, dict[str, Any]]:
+    """Per variant, the loss parameters and training fields whose values differ between variants."""
+    flat = {}
+    for v in cfg.variants:
+        train = to_dict(variant_train_config(cfg, v))
+        flat[v.name] = {"loss": v.loss, **{**loss_defaults(v.loss), **v.params},
+                        **{f"train.{k}": train[k] for k in train if k != "lora"}}
+    keys = sorted({k for d in flat.values() for k in d})
+    varying = [k for k in keys if len({repr(d.get(k)) for d in flat.values()}) > 1]
+    return {name: {k: d.get(k) for k in varying} for name, d in flat.items()}
+
+
+def _source_hash(path: str) -> str:
+    p = Path(path).expanduser()
+    return sha256_tree(p) if path and p.exists() else f"name:{path}"
+
+
+class Pipeline:
+    def __init__(self, cfg: RunConfig, console: Console | None = None, progress: bool = True) -> None:
+        self.cfg = cfg
+        self.run = RunDir(Path(cfg.run_root) / cfg.experiment)
+        self.console = console or Console(stderr=True)
+        self.progress = progress
+        self.versions = package_versions()
+        self._model_path: str | None = None
+        self._model_hash: str | None = None
+
+    # ---------------------------------------------------------------- inputs shared by stages
+    def model_path(self) -> str:
+        if self._model_path is None:
+            self._model_path = resolve_model_path(self.cfg.model.path)
+        return self._model_path
+
+    def model_hash(self) -> str:
+        if self._model_hash is None:
+            self._model_hash = _source_hash(self.model_path())
+        return self._model_hash
+
+    def data_hashes(self) -> dict[str, str]:
+        from harness import data
+
+        return {data.source_name(s): _source_hash(s.path) if s.path else sha256_tree(data.builtin_data_dir())
+                for s in self.cfg.data.sources}
+
+    # ---------------------------------------------------------------- the plan
+    def plan(self) -> list[Stage]:
+        cfg = self.cfg
+        stages: list[Stage] = []
+        data_stage = Stage("data", {"data": to_dict(cfg.data), "hashes": self.data_hashes(), "versions": self.versions},
+                           ["data/train_pairs.jsonl", "data/scorer_pairs.jsonl", "data/eval_pairs.jsonl",
+                            "data/prompts.jsonl", "data/data_report.json"], self.run_data)
+        stages.append(data_stage)
+        if cfg.synthetic is not None and getattr(cfg.synthetic, "enabled", True):
+            stages.append(Stage("synthetic", {"synthetic": to_dict(cfg.synthetic), "versions": self.versions},
+                                ["synthetic/results.json"], self.run_synthetic))
+        if not cfg.variants:
+            return stages
+
+        scorer_fp: dict[str, str] = {}
+        for s in cfg.scorers:
+            if s.path == TRAINED_SCORER:
+                st = Stage(f"scorer/{s.name}", {"scorer": to_dict(s), "data": data_stage.fingerprint,
+                                                "versions": self.versions},
+                           [f"scorers/{s.name}/scorer.json"], lambda s=s: self.train_scorer(s))
+                stages.append(st)
+                scorer_fp[s.name] = st.fingerprint
+            else:
+                scorer_fp[s.name] = _source_hash(s.path)
+
+        model = {"path": cfg.model.path, "hash": self.model_hash(), **to_dict(cfg.model)}
+        policy_fp = {REFERENCE: RunDir.fingerprint({"model": model})}
+        for u in units_of(cfg):
+            assert u.variant is not None and u.seed is not None
+            st = Stage(f"train/{u.name}", {
+                "model": model, "train": to_dict(variant_train_config(cfg, u.variant)), "loss": u.variant.loss,
+                "params": u.variant.params, "seed": u.seed, "data": data_stage.fingerprint, "versions": self.versions,
+            }, [f"checkpoints/{u.name}/train_record.json"], lambda u=u: self.train(u))
+            stages.append(st)
+            policy_fp[u.name] = st.fingerprint
+
+        gen = {k: v for k, v in to_dict(cfg.generate).items() if k not in ("generator", "batch_size")}
+        gen_fp = {}
+        for name, pfp in policy_fp.items():
+            st = Stage(f"generate/{name}", {"policy": pfp, "generate": gen, "data": data_stage.fingerprint,
+                                            "use_chat_template": cfg.model.use_chat_template, "versions": self.versions},
+                       [f"generations/{name}.jsonl"], lambda name=name: self.generate(name))
+            stages.append(st)
+            gen_fp[name] = st.fingerprint
+
+        score_fps = {}
+        for name, gfp in gen_fp.items():
+            for s in cfg.scorers:
+                st = Stage(f"score/{name}.{s.name}", {"generations": gfp, "scorer": scorer_fp[s.name],
+                                                      "config": to_dict(s), "versions": self.versions},
+                           [f"scores/{name}.{s.name}.jsonl"], lambda name=name, s=s: self.score(name, s))
+                stages.append(st)
+                score_fps[st.name] = st.fingerprint
+
+        stages.append(Stage("report", {"scores": score_fps, "train": {k: v for k, v in policy_fp.items()},
+                                       "report": to_dict(cfg.report), "config": to_dict(cfg), "versions": self.versions},
+                            ["results.json", "report/index.html"], self.report))
+        return stages
+
+    # ---------------------------------------------------------------- running
+    def execute(self, dry_run: bool = False) -> list[tuple[str, str]]:
+        """Run (or, with dry_run, only list) the plan; returns (stage, 'cached'|'ran'|'would run')."""
+        stages = self.plan()
+        status = [(s, self.run.is_fresh(s.name, s.fingerprint)) for s in stages]
+        if dry_run:
+            return [(s.name, "cached" if fresh else "would run") for s, fresh in status]
+        with RunLock(self.run.root):
+            self.write_config_and_manifest()
+            todo = [s for s, fresh in status if not fresh]
+            done: list[tuple[str, str]] = [(s.name, "cached") for s, fresh in status if fresh]
+            for i, stage in enumerate(todo, start=1):
+                self.console.rule(f"[bold]stage {i}/{len(todo)}[/]: {stage.name}")
+                start = time.monotonic()
+                stage.action()
+                self.run.record(stage.name, stage.fingerprint, stage.inputs, stage.outputs)
+                self.console.print(f"[green]done[/] {stage.name} in {time.monotonic() - start:.1f} s")
+                done.append((stage.name, "ran"))
+        return done
+
+    def write_config_and_manifest(self) -> None:
+        cfg = self.cfg
+        atomic_write_text(self.run.path("config.yaml"), dump_config(cfg))
+        sweeps = sweep_fields(cfg) if cfg.variants else {}
+        units = [{"unit": u.name, "variant": u.variant.name, "seed": u.seed, "loss": u.variant.loss,
+                  "params": u.variant.params, "train": u.variant.train, "sweep": sweeps[u.variant.name]}
+                 for u in units_of(cfg) if u.variant is not None]
+        units.append({"unit": REFERENCE, "variant": REFERENCE, "seed": None, "loss": None, "params": {}, "train": {},
+                      "sweep": {}})
+        manifest = {
+            "experiment": cfg.experiment, "baseline": cfg.report.baseline, "units": units,
+            "scorers": [{"name": s.name, "score_type": s.score_type, "threshold": s.threshold} for s in cfg.scorers],
+            "config": to_dict(cfg), "provenance": environment(), "data_hashes": self.data_hashes(),
+            "model_hash": self.model_hash() if cfg.variants else "", "seeds": list(cfg.seeds),
+            "timestamps": {"written": timestamp()},
+        }
+        atomic_write_json(self.run.path("manifest.json"), manifest)
+
+    # ---------------------------------------------------------------- stage actions
+    def run_data(self) -> None:
+        from harness.data import load_sources, split_pairs
+
+        pairs, reports = load_sources(self.cfg.data)
+        split = split_pairs(pairs, seed=self.cfg.data.split_seed, scorer_fraction=self.cfg.data.scorer_fraction,
+                            eval_prompts=self.cfg.data.eval_prompts)
+        for r in reports:
+            self.console.print(r.summary())
+        self.console.print(f"split: {split.sizes()}")
+        atomic_write_jsonl(self.run.path("data/train_pairs.jsonl"), [p.to_dict() for p in split.train_pairs])
+        atomic_write_jsonl(self.run.path("data/scorer_pairs.jsonl"), [p.to_dict() for p in split.scorer_pairs])
+        atomic_write_jsonl(self.run.path("data/eval_pairs.jsonl"), [p.to_dict() for p in split.eval_pairs])
+        atomic_write_jsonl(self.run.path("data/prompts.jsonl"), [to_dict(r) for r in split.eval_prompts])
+        atomic_write_json(self.run.path("data/data_report.json"),
+                          {"sources": [r.to_dict() for r in reports], "split": split.sizes()})
+
+    def pairs(self, name: str) -> list[PreferencePair]:
+        path = self.run.path("data", f"{name}.jsonl")
+        return [PreferencePair.from_dict(row, f"{path}") for row in read_jsonl(path)]
+
+    def prompts(self) -> list[PromptRecord]:
+        rows = read_jsonl(self.run.path("data/prompts.jsonl"))
+        return [PromptRecord(r["prompt_id"], tuple(r["prompt"]), r.get("source", ""), r.get("meta", {})) for r in rows]
+
+    def run_synthetic(self) -> None:
+        from trainers.synthetic import run_synthetic
+
+        run_synthetic(self.cfg.synthetic, self.run.path("synthetic"), progress=self.progress)
+
+    def train_scorer(self, s: ScorerConfig) -> None:
+        from trainers.scorer_training import train_bt_scorer
+
+        pairs = self.pairs("scorer_pairs")
+        if s.train_sources:
+            pairs = [p for p in pairs if p.source in s.train_sources]
+        if not pairs:
+            raise UserError(f"scorer '{s.name}': no scorer-training pairs (data.scorer_fraction is "
+                            f"{self.cfg.data.scorer_fraction}; train_sources {list(s.train_sources)}). "
+                            "Raise data.scorer_fraction or give the scorer a model path.")
+        eval_pairs = [p for p in self.pairs("eval_pairs") if not s.train_sources or p.source in s.train_sources]
+        train_bt_scorer(pairs, s.score_type, self.run.path("scorers", s.name), max_steps=s.train_steps,
+                        batch_size=s.train_batch_size, lr=s.train_learning_rate, max_length=s.train_max_length,
+                        seed=self.cfg.data.split_seed, eval_pairs=eval_pairs, progress=self.progress, overwrite=True)
+
+    def train(self, u: Unit) -> None:
+        from trainers.trainer import train_policy
+
+        assert u.variant is not None and u.seed is not None
+        train_policy(self.cfg.model, variant_train_config(self.cfg, u.variant), u.variant, self.pairs("train_pairs"),
+                     self.run.path("checkpoints", u.name), u.seed, self.run.path("cache"), progress=self.progress)
+
+    def policy_path(self, name: str) -> str:
+        return self.model_path() if name == REFERENCE else str(self.run.path("checkpoints", name))
+
+    def generate(self, name: str) -> None:
+        from evaluators.generation_cache import generate_to_file
+        from evaluators.generators import build_generator
+
+        generator = build_generator(self.policy_path(name), self.cfg.model, self.cfg.generate, console=self.console)
+        try:
+            generate_to_file(generator, self.prompts(), self.run.path("generations", f"{name}.jsonl"),
+                             self.cfg.generate, use_chat_template=self.cfg.model.use_chat_template,
+                             progress=self.progress)
+        finally:
+            generator.close()
+
+    def scorer_path(self, s: ScorerConfig) -> str:
+        return str(self.run.path("scorers", s.name)) if s.path == TRAINED_SCORER else s.path
+
+    def score(self, name: str, s: ScorerConfig) -> None:
+        from evaluators.scorers import build_scorer
+
+        prompts = {p.prompt_id: p.prompt for p in self.prompts()}
+        gens_path = self.run.path("generations", f"{name}.jsonl")
+        rows = read_jsonl(gens_path)
+        scorer = build_scorer(s, self.scorer_path(s))
+        values = scorer.score([prompts[r["prompt_id"]] for r in rows], [r["response"] for r in rows])
+        atomic_write_jsonl(self.run.path("scores", f"{name}.{s.name}.jsonl"),
+                           [{"prompt_id": r["prompt_id"], "sample_idx": r["sample_idx"], "score": v}
+                            for r, v in zip(rows, values)])
+
+    def report(self) -> None:
+        from reports.build import build_report
+
+        build_report(self.run.root)
+
+
+def summarize(run_root: Path, console: Console) -> None:
+    """The leaderboard's headline numbers in the terminal, read back from results.json."""
+    from harness.io import read_json
+
+    results_path = run_root / "results.json"
+    if not results_path.exists():
+        return
+    results = read_json(results_path)
+    rows = results.get("leaderboard", {})
+    table = Table(title=f"leaderboard: {run_root}")
+    table.add_column("variant", style="bold")
+    metric_names: list[str] = []
+    for metrics in rows.values():
+        for k, v in metrics.items():
+            if isinstance(v, dict) and "mean" in v and k not in metric_names and not k.startswith("train/"):
+                metric_names.append(k)
+    for m in metric_names:
+        table.add_column(m, justify="right")
+    for variant, metrics in rows.items():
+        cells = []
+        for m in metric_names:
+            v = metrics.get(m)
+            cells.append("" if not v or v.get("mean") is None else
+                         f"{v['mean']:.3f} [{v['ci_low']:.3f}, {v['ci_high']:.3f}]" if v.get("ci_low") is not None
+                         else f"{v['mean']:.3f}")
+        table.add_row(variant, *cells)
+    console.print(table)
