@@ -1,0 +1,491 @@
+"""The preference trainer: any registered loss on a Hugging Face causal LM, on `transformers.Trainer`.
+
+`train_policy` reads top to bottom: tokenise, fingerprint the run, get the reference log-probs
+(warming the reference up first if asked), build the model (LoRA optional), train, save the
+Hugging Face checkpoint, write `train_record.json` last. Trainer supplies accelerate (DDP, FSDP,
+DeepSpeed), gradient accumulation, mixed precision, checkpointing and exact resume (optimizer,
+scheduler, RNG, data order); `PreferenceTrainer` only replaces the loss, adds the diagnostics and
+guards against non-finite numbers.
+
+Output directory:
+    model.safetensors, config.json, tokenizer files   the policy (LoRA merged), loadable by
+                                                       transformers and vLLM
+    train_log.jsonl       one row per logged step (harness.records.TRAIN_LOG_FIELDS, TRL's names)
+    train_fingerprint.json  what this directory is being trained from (checked on resume)
+    checkpoint-<step>/    the last Trainer checkpoint (train.save_every), for resume
+    train_record.json     config, hashes, reference, final metrics, versions: written last, so its
+                          presence means the run finished
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from transformers import (
+    AutoModelForCausalLM, AutoTokenizer, PrinterCallback, ProgressCallback, Trainer, TrainerCallback,
+    TrainingArguments,
+)
+
+from harness.config import ModelConfig, TrainConfig, VariantConfig, check_kwargs, to_dict
+from harness.errors import UserError
+from harness.io import atomic_write_json, atomic_write_jsonl, read_json, sha256_json
+from harness.models import check_weights_safe, load_kwargs, resolve_model_path
+from harness.provenance import environment, timestamp
+from harness.records import TRAIN_LOG_FIELDS, PreferencePair
+from harness.registries import LOSSES
+from trainers.logprobs import TokenizedPair, TokenizeStats, collate, sequence_logps, tokenization_hash, tokenize_pairs
+from trainers.losses import LossOutput, PairLogps, diagnostics
+from trainers.reference import ReferenceLogps, model_hash, reference_logps, warmup_dir, warmup_train_config
+
+log = logging.getLogger(__name__)
+
+RECORD = "train_record.json"
+FINGERPRINT = "train_fingerprint.json"
+TRAIN_LOG = "train_log.jsonl"
+# The loss that warms the reference up (the paper: DPO), with its default parameters.
+WARMUP_VARIANT = VariantConfig(name="reference-warmup", loss="dpo")
+
+
+class NonFiniteError(UserError):
+    """Training produced a NaN or infinity; nothing from the bad step was written."""
+
+
+# --------------------------------------------------------------------------------------------
+# Data: the dataset yields indices, the collator builds the concatenated batch.
+# --------------------------------------------------------------------------------------------
+
+
+class _Indices(torch.utils.data.Dataset):
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict[str, int]:
+        return {"index": i}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Collator:
+    pairs: Sequence[TokenizedPair]
+    ref: ReferenceLogps
+    pad_token_id: int
+
+    def __call__(self, features: list[dict[str, int]]) -> dict[str, torch.Tensor]:
+        index = torch.tensor([f["index"] for f in features], dtype=torch.long)
+        batch = collate([self.pairs[i] for i in index.tolist()], self.pad_token_id)
+        batch.update(index=index, ref_chosen=self.ref.chosen[index], ref_rejected=self.ref.rejected[index])
+        return batch
+
+
+# --------------------------------------------------------------------------------------------
+# The Trainer subclass.
+# --------------------------------------------------------------------------------------------
+
+
+class PreferenceTrainer(Trainer):
+    """`transformers.Trainer` with a registered preference loss on one concatenated forward.
+
+    Per micro-batch: logps [2B] from one forward, split into chosen/rejected [B], the loss
+    `LOSSES.get(loss)(PairLogps(...), **params)`, its mean over pairs as the training loss.
+    Diagnostics of every pair since the last log are gathered across processes and logged under
+    TRL's names. A non-finite loss, gradient norm or weight raises `NonFiniteError` before the
+    optimizer step or the save that would keep it.
+    """
+
+    def __init__(self, *, pairs: Sequence[TokenizedPair], ref: ReferenceLogps, loss: str,
+                 loss_params: dict[str, Any], grad_norm_every: int, pad_token_id: int, **kwargs: Any) -> None:
+        super().__init__(train_dataset=_Indices(len(pairs)), data_collator=_Collator(pairs, ref, pad_token_id),
+                         **kwargs)
+        self.pairs = pairs
+        self.loss_fn = LOSSES.get(loss)
+        self.loss_params = dict(loss_params)
+        self.grad_norm_every = grad_norm_every
+        if grad_norm_every and self.accelerator.num_processes > 1:
+            raise UserError("train.grad_norm_every: the per-term gradient norms are measured on one process only; "
+                            "set it to 0 for multi-process training.")
+        self._interval: list[dict[str, torch.Tensor]] = []  # per-pair diagnostics since the last log
+        self._step_ids: list[str] = []  # ids of the pairs in the optimizer step being computed
+        self._last_step_ids: list[str] = []  # ids of the pairs in the last completed step
+
+    def _current_step(self) -> int:
+        """1-based number of the optimizer step being computed."""
+        return self.state.global_step + 1
+
+    def _fail(self, step: int, what: str, ids: Sequence[str]) -> NonFiniteError:
+        shown = ", ".join(ids[:8]) + (f" and {len(ids) - 8} more" if len(ids) > 8 else "")
+        last = _last_checkpoint(Path(self.args.output_dir))
+        kept = f"the last good checkpoint is {last}" if last else "no checkpoint was saved yet (train.save_every)"
+        return NonFiniteError(
+            f"training stopped at step {step}: {what} (pairs {shown}). Nothing from this step was "
+            f"written; {kept}. Lower train.learning_rate or train.max_grad_norm, or inspect these pairs.")
+
+    def check_finite_weights(self, when: str) -> None:
+        """NonFiniteError when any (local shard of a) parameter is NaN or infinite after the last step."""
+        for p in self.model.parameters():
+            if p.numel() and not torch.isfinite(p.detach()).all():
+                # The optimizer step already ran (global_step counts it): name that step and its pairs.
+                raise self._fail(self.state.global_step, f"non-finite weights {when}", self._last_step_ids)
+
+    def compute_loss(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], return_outputs: bool = False,
+                     num_items_in_batch: Any = None) -> torch.Tensor:
+        ids = [self.pairs[i].id for i in inputs["index"].tolist()]
+        self._step_ids.extend(ids)
+        logps, n_tokens = sequence_logps(model, inputs["input_ids"], inputs["attention_mask"], inputs["response_mask"])
+        chosen, rejected = logps.chunk(2)
+        chosen_len, rejected_len = n_tokens.float().chunk(2)
+        out = self.loss_fn(PairLogps(chosen, rejected, inputs["ref_chosen"], inputs["ref_rejected"],
+                                     chosen_len, rejected_len), **self.loss_params)
+        bad = ~torch.isfinite(out.losses)
+        if bad.any():
+            bad_ids = [i for i, b in zip(ids, bad.tolist()) if b]
+            raise self._fail(self._current_step(), f"non-finite loss {out.losses[bad][0].item()}", bad_ids)
+        loss = out.losses.mean()
+        row = {"chosen_rewards": out.chosen_rewards, "rejected_rewards": out.rejected_rewards,
+               "chosen_weight": out.chosen_weight, "rejected_weight": out.rejected_weight,
+               "log_grad_ratio": out.log_grad_ratio, "losses": out.losses.detach(),
+               "logps_chosen": chosen.detach(), "logps_rejected": rejected.detach()}
+        if out.lam is not None:
+            row["lam"] = out.lam
+        if model.training and self.grad_norm_every and self._current_step() % self.grad_norm_every == 0:
+            row.update(_term_grad_norms(model, out.losses.mean(), chosen, rejected))
+        self._interval.append({k: self.accelerator.gather_for_metrics(v.float()).cpu() for k, v in row.items()})
+        return (loss, out) if return_outputs else loss
+
+    def _get_grad_norm(self, model: torch.nn.Module, grad_norm: Any = None) -> Any:
+        # The one place where the global gradient norm (DeepSpeed and FSDP included) is known
+        # before the optimizer step: stop here so a non-finite gradient never reaches the weights.
+        norm = super()._get_grad_norm(model, grad_norm=grad_norm)
+        ids, self._step_ids = self._step_ids, []
+        if norm is not None and not math.isfinite(float(norm)):
+            raise self._fail(self._current_step(), f"non-finite gradient norm {float(norm)}", ids)
+        self._last_step_ids = ids
+        return norm
+
+    def _save_checkpoint(self, model: torch.nn.Module, trial: Any) -> None:
+        self.check_finite_weights("after the optimizer step")
+        super()._save_checkpoint(model, trial)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and self._interval:
+            logs.update(_interval_metrics(self._interval))
+            self._interval = []
+        super().log(logs, start_time)
+
+
+def _term_grad_norms(model: torch.nn.Module, loss: torch.Tensor, chosen: torch.Tensor,
+                     rejected: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Parameter-gradient norms of the chosen and the rejected term of the loss, separately.
+
+    dL/dtheta = sum_i (dL/dlw_i) dlw_i/dtheta + (dL/dll_i) dll_i/dtheta; the two sums are the
+    terms. Costs two extra backward passes (retain_graph), so it runs every grad_norm_every steps.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    d_chosen, d_rejected = torch.autograd.grad(loss, (chosen, rejected), retain_graph=True)
+    norms = {}
+    for name, coeff, logps in (("grad_norm_chosen", d_chosen, chosen), ("grad_norm_rejected", d_rejected, rejected)):
+        grads = torch.autograd.grad((coeff.detach() * logps).sum(), params, retain_graph=True, allow_unused=True)
+        norms[name] = torch.sqrt(sum(g.float().pow(2).sum() for g in grads if g is not None)).reshape(1)
+    return norms
+
+
+def _interval_metrics(rows: list[dict[str, torch.Tensor]]) -> dict[str, float]:
+    """TRL-named means over every pair since the last log (harness.records.TRAIN_LOG_FIELDS)."""
+    cat = {k: torch.cat([r[k] for r in rows if k in r]) for k in set().union(*rows)}
+    out = LossOutput(losses=cat["losses"], chosen_rewards=cat["chosen_rewards"],
+                     rejected_rewards=cat["rejected_rewards"], chosen_weight=cat["chosen_weight"],
+                     rejected_weight=cat["rejected_weight"], lam=cat.get("lam"), log_grad_ratio=cat["log_grad_ratio"])
+    metrics = diagnostics(out)
+    metrics["logps/chosen"] = float(cat["logps_chosen"].mean())
+    metrics["logps/rejected"] = float(cat["logps_rejected"].mean())
+    for key in ("grad_norm_chosen", "grad_norm_rejected"):
+        if key in cat:
+            metrics[key.replace("grad_norm_", "grad_norm/")] = float(cat[key].mean())
+    return metrics
+
+
+def _last_checkpoint(output_dir: Path) -> Path | None:
+    """The newest complete Trainer checkpoint (trainer_state.json is written last in it)."""
+    done = [p for p in output_dir.glob("checkpoint-*") if (p / "trainer_state.json").exists()]
+    return max(done, key=lambda p: int(p.name.split("-")[-1])) if done else None
+
+
+# --------------------------------------------------------------------------------------------
+# Callbacks: the train log file and a quiet progress bar.
+# --------------------------------------------------------------------------------------------
+
+
+class _TrainLogWriter(TrainerCallback):
+    """Appends one row per training log to train_log.jsonl; on resume keeps only the rows up to
+    the checkpoint's step, so the file reads as if the run had never stopped."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if not state.is_world_process_zero:
+            return
+        rows = []
+        if self.path.exists():
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:  # the last line of a run killed mid-write
+                    break
+                if row.get("step", math.inf) <= state.global_step:
+                    rows.append(row)
+        atomic_write_jsonl(self.path, rows)
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None,
+               **kwargs: Any) -> None:
+        if not state.is_world_process_zero or not logs or "loss" not in logs:
+            return
+        row = {"step": state.global_step, **logs}
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row, sort_keys=True, allow_nan=False) + "\n")
+
+
+class _ProgressBar(ProgressCallback):
+    """Trainer's tqdm bar, with loss and reward accuracy shown on it instead of printed log dicts."""
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None,
+               **kwargs: Any) -> None:
+        if state.is_world_process_zero and self.training_bar is not None and logs and "loss" in logs:
+            shown = {"loss": logs["loss"], "acc": logs.get("rewards/accuracies", float("nan"))}
+            self.training_bar.set_postfix({k: f"{v:.4f}" for k, v in shown.items()}, refresh=False)
+
+
+# --------------------------------------------------------------------------------------------
+# Setup helpers.
+# --------------------------------------------------------------------------------------------
+
+
+def _dtype(model_cfg: ModelConfig) -> torch.dtype:
+    """auto = bfloat16 on GPU, float32 on CPU."""
+    if model_cfg.dtype == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[model_cfg.dtype]
+
+
+def _training_args(train_cfg: TrainConfig, output_dir: Path, seed: int, dtype: torch.dtype,
+                   progress: bool) -> TrainingArguments:
+    import importlib.util
+
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        max_steps=train_cfg.max_steps,
+        per_device_train_batch_size=train_cfg.batch_size,
+        gradient_accumulation_steps=train_cfg.grad_accum,
+        learning_rate=train_cfg.learning_rate,
+        lr_scheduler_type="linear",
+        warmup_steps=math.ceil(train_cfg.warmup_ratio * train_cfg.max_steps),
+        weight_decay=train_cfg.weight_decay,
+        max_grad_norm=train_cfg.max_grad_norm,
+        bf16=dtype == torch.bfloat16,
+        logging_strategy="steps",
+        logging_steps=train_cfg.log_every,
+        # A NaN loss stops training (NonFiniteError) rather than being averaged away.
+        logging_nan_inf_filter=False,
+        save_strategy="steps" if train_cfg.save_every else "no",
+        save_steps=train_cfg.save_every or 1,
+        # The newest checkpoint is all that resume needs; optimizer states are 2x the weights.
+        save_total_limit=1,
+        seed=seed,
+        data_seed=seed,
+        remove_unused_columns=False,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        disable_tqdm=not progress,
+        report_to=["tensorboard"] if importlib.util.find_spec("tensorboard") else [],
+    )
+
+
+def _local_model_dir(model_cfg: ModelConfig) -> str:
+    """A local folder for the model: hashing, the reference and the policy all read the same files."""
+    path = resolve_model_path(model_cfg.path)
+    if Path(path).is_dir():
+        return path
+    from huggingface_hub import snapshot_download
+
+    patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", *(["*.bin"] if model_cfg.allow_pickle_weights else [])]
+    try:
+        return snapshot_download(path, allow_patterns=patterns)
+    except Exception as e:  # offline, unknown name, no access: all the user's to fix
+        raise UserError(f"model.path '{path}': not a local folder and not downloadable from the Hugging Face Hub "
+                        f"({type(e).__name__}). Point model.path at a local Hugging Face folder.") from None
+
+
+def _load_tokenizer(model_dir: str, model_cfg: ModelConfig) -> Any:
+    return AutoTokenizer.from_pretrained(model_dir, trust_remote_code=model_cfg.trust_remote_code)
+
+
+def _pad_id(tokenizer: Any) -> int:
+    # Padding positions are masked out of attention and log-probs, so any valid id serves.
+    for tid in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if tid is not None:
+            return int(tid)
+    return 0
+
+
+def _apply_lora(model: torch.nn.Module, train_cfg: TrainConfig) -> torch.nn.Module:
+    from peft import LoraConfig, get_peft_model
+
+    lora = train_cfg.lora
+    config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                        target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
+
+
+def _check_output_dir(output_dir: Path, fingerprint: dict[str, Any]) -> dict[str, Any] | None:
+    """The finished record when output_dir already holds this exact training; None to (re)start or resume.
+
+    A directory holding anything else (another training, or files that are not ours) is an error:
+    nothing the user has is overwritten.
+    """
+    fp_path, record_path = output_dir / FINGERPRINT, output_dir / RECORD
+    if fp_path.exists():
+        if read_json(fp_path) != fingerprint:
+            raise UserError(f"{output_dir}: holds a training with other settings, data or model ({FINGERPRINT} "
+                            "differs). Choose another output directory, or delete this one to retrain.")
+        return read_json(record_path) if record_path.exists() else None
+    if output_dir.exists() and any(output_dir.iterdir()):
+        raise UserError(f"{output_dir}: not empty and not a training output directory. Choose an empty or new "
+                        "directory; nothing in this one was changed.")
+    return None
+
+
+def _final_metrics(trainer: Trainer, train_output: Any) -> dict[str, float]:
+    """The last logged row's TRL metrics, plus the run's mean loss and runtime."""
+    rows = [r for r in trainer.state.log_history if "loss" in r]
+    last = rows[-1] if rows else {}
+    metrics = {k: last[k] for k in TRAIN_LOG_FIELDS if k in last}
+    metrics.update({k: v for k, v in last.items() if k.startswith("grad_norm")})
+    metrics["train_loss"] = train_output.training_loss
+    metrics["train_runtime"] = train_output.metrics.get("train_runtime", 0.0)
+    metrics["step"] = trainer.state.global_step
+    return metrics
+
+
+def _save_final(trainer: PreferenceTrainer, output_dir: Path, lora: bool) -> None:
+    """The policy as a plain Hugging Face folder (LoRA merged into the weights), safetensors only."""
+    trainer.check_finite_weights("at the end of training")
+    if lora:
+        trainer.accelerator.wait_for_everyone()
+        if trainer.is_world_process_zero():
+            merged = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
+            merged.save_pretrained(output_dir, safe_serialization=True)
+            trainer.processing_class.save_pretrained(output_dir)
+    else:
+        trainer.save_model(str(output_dir))
+    if trainer.is_world_process_zero():
+        # Trainer pickles its arguments next to the weights; the record holds the config instead.
+        (output_dir / "training_args.bin").unlink(missing_ok=True)
+    trainer.accelerator.wait_for_everyone()
+
+
+# --------------------------------------------------------------------------------------------
+# The entry point.
+# --------------------------------------------------------------------------------------------
+
+
+def train_policy(model_cfg: ModelConfig, train_cfg: TrainConfig, variant: VariantConfig,
+                 pairs: list[PreferencePair], output_dir: Path, seed: int, cache_dir: Path,
+                 progress: bool = True, callbacks: Sequence[TrainerCallback] = ()) -> dict:
+    """Train one policy with `variant`'s loss on `pairs`; return its final metrics.
+
+    `train_cfg` is the train section with the variant's overrides already applied
+    (harness.config.variant_train_config). output_dir receives the Hugging Face checkpoint,
+    train_log.jsonl and train_record.json; rerunning on a directory with a Trainer checkpoint of
+    the same training resumes it exactly, and on a finished one returns its metrics. cache_dir
+    holds reference log-prob caches and warmed-up references. `callbacks` are extra
+    `transformers.TrainerCallback`s (loggers, custom stopping).
+    """
+    output_dir, cache_dir = Path(output_dir), Path(cache_dir)
+    if not pairs:
+        raise UserError(f"variant '{variant.name}': no training pairs. Check data.sources.")
+    check_kwargs(LOSSES.get(variant.loss), variant.params, f"variants.{variant.name}.params")
+
+    # Model and data, as token ids.
+    model_dir = _local_model_dir(model_cfg)
+    check_weights_safe(model_dir, model_cfg.allow_pickle_weights)
+    tokenizer = _load_tokenizer(model_dir, model_cfg)
+    tokenized, stats = tokenize_pairs(pairs, tokenizer, use_chat_template=model_cfg.use_chat_template,
+                                      max_length=train_cfg.max_length, max_prompt_length=train_cfg.max_prompt_length)
+    log.info("tokenisation: %s", stats.summary())
+    dtype = _dtype(model_cfg)
+    base_hash = model_hash(model_dir, cache_dir)
+    tokens_hash = tokenization_hash(tokenized)
+    fingerprint = {"model": to_dict(model_cfg), "model_hash": base_hash, "tokens": tokens_hash,
+                   "train": to_dict(train_cfg), "variant": to_dict(variant), "seed": seed, "dtype": str(dtype)}
+
+    finished = _check_output_dir(output_dir, fingerprint)
+    if finished is not None:
+        log.info("%s: already trained (%s); nothing to do", output_dir, RECORD)
+        return finished["final_metrics"]
+    output_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(output_dir / FINGERPRINT, fingerprint)
+
+    # Reference: the base model, or the base warmed up by N DPO steps; only its log-probs are kept.
+    ref_dir = model_dir
+    if train_cfg.reference_warmup_steps:
+        ref_dir = str(warmup_dir(cache_dir, base_hash, tokens_hash, train_cfg, seed))
+        log.info("reference: base model warmed up by %d DPO steps in %s", train_cfg.reference_warmup_steps, ref_dir)
+        train_policy(model_cfg, warmup_train_config(train_cfg), WARMUP_VARIANT, pairs, Path(ref_dir), seed,
+                     cache_dir, progress)
+    from_pretrained = {"dtype": dtype, **load_kwargs(model_cfg.trust_remote_code, model_cfg.allow_pickle_weights)}
+    args = _training_args(train_cfg, output_dir, seed, dtype, progress)
+    ref = reference_logps(ref_dir, tokenized, cache_dir=cache_dir, pad_token_id=_pad_id(tokenizer),
+                          batch_size=train_cfg.batch_size, load_kwargs=from_pretrained, device=args.device,
+                          autocast_dtype=torch.bfloat16 if dtype == torch.bfloat16 else None, progress=progress)
+
+    # Policy.
+    torch.manual_seed(seed)  # LoRA initialisation
+    model = AutoModelForCausalLM.from_pretrained(model_dir, **from_pretrained)
+    if train_cfg.lora.enabled:
+        model = _apply_lora(model, train_cfg)
+    trainer = PreferenceTrainer(
+        model=model, args=args, processing_class=tokenizer, pairs=tokenized, ref=ref, loss=variant.loss,
+        loss_params=variant.params, grad_norm_every=train_cfg.grad_norm_every, pad_token_id=_pad_id(tokenizer),
+        callbacks=[_TrainLogWriter(output_dir / TRAIN_LOG), *callbacks],
+    )
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    if progress:
+        trainer.add_callback(_ProgressBar())
+
+    resume = _last_checkpoint(output_dir)
+    if resume:
+        log.info("resuming from %s", resume)
+    train_output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    _save_final(trainer, output_dir, train_cfg.lora.enabled)
+
+    metrics = _final_metrics(trainer, train_output)
+    if trainer.is_world_process_zero():
+        atomic_write_json(output_dir / RECORD, {
+            "complete": True,
+            "variant": variant.name,
+            "seed": seed,
+            "step": trainer.state.global_step,
+            "config": {"model": to_dict(model_cfg), "train": to_dict(train_cfg), "variant": to_dict(variant)},
+            "fingerprint": sha256_json(fingerprint),
+            "data_hash": sha256_json([p.to_dict() for p in pairs]),
+            "model_hash": base_hash,
+            "tokenization": {"hash": tokens_hash, **stats.to_dict()},
+            "reference": {"kind": "warmup" if train_cfg.reference_warmup_steps else "base", "path": ref_dir,
+                          "warmup_steps": train_cfg.reference_warmup_steps, "cache_key": ref.key,
+                          "cache_hit": ref.cache_hit},
+            "resumed_from": str(resume) if resume else None,
+            "lora_merged": train_cfg.lora.enabled,
+            "final_metrics": metrics,
+            "environment": environment(),
+            "world_size": trainer.accelerator.num_processes,
+            "finished_at": timestamp(),
+        })
+    return metrics
