@@ -94,6 +94,13 @@ def read_json(path: str | os.PathLike) -> Any:
         raise UserError(f"{path}: cannot read ({e}). The file may be truncated or not gzip; re-download it.") from None
 
 
+def _nonfinite_field(line: str) -> str:
+    """The text " field 'NAME':" for the first top-level key holding NaN/Infinity, so errors name it."""
+    obj = json.loads(line)  # the stdlib parser accepts NaN/Infinity by default
+    bad = [k for k, v in obj.items() if isinstance(v, float) and not math.isfinite(v)] if isinstance(obj, dict) else []
+    return f" field '{bad[0]}':" if bad else ""
+
+
 def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield (line_number, object) for each non-blank line; errors name file and line."""
     lineno = 0
@@ -107,7 +114,7 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
                 except json.JSONDecodeError as e:
                     raise UserError(f"{path}:{lineno}: invalid JSON ({e.msg}). Fix or remove that line.") from None
                 except ValueError as e:
-                    raise UserError(f"{path}:{lineno}: {e}. Replace it with a finite number.") from None
+                    raise UserError(f"{path}:{lineno}:{_nonfinite_field(line)} {e}. Replace it with a finite number.") from None
                 if not isinstance(obj, dict):
                     raise UserError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}.")
                 yield lineno, obj

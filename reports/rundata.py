@@ -1,0 +1,161 @@
+"""Read a run directory's result files into arrays, checking every row (reports read nothing else).
+
+Files read (schemas in harness/records.py): manifest.json, generations/<unit>.jsonl,
+scores/<unit>.<scorer>.jsonl, checkpoints/<unit>/train_log.jsonl (trained units only).
+Every unit must cover the same (prompt_id, sample_idx) grid, so variants compare on the same
+prompts; a gap or a bad value is a one-line UserError naming the file, the line and the field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from harness.errors import UserError
+from harness.io import iter_jsonl, require_finite, sha256_file
+from harness.records import TRAIN_LOG_FIELDS, require_fields
+from reports.manifest import Manifest, Unit, load_manifest
+
+GENERATION_COLUMNS = ("prompt_id", "sample_idx", "prompt", "response", "n_tokens", "finish_reason")
+Key = tuple[str, int]
+
+
+@dataclass
+class UnitData:
+    """One unit's results on the shared grid: arrays are [P, K] (prompts x samples)."""
+
+    unit: Unit
+    scores: dict[str, np.ndarray]
+    n_tokens: np.ndarray
+    generations: dict[Key, dict[str, Any]]  # the generation rows, for the samples table
+    train_log: list[dict[str, Any]]  # empty for the reference
+
+
+@dataclass
+class RunData:
+    root: Path
+    manifest: Manifest
+    prompt_ids: list[str]
+    n_samples: int
+    units: dict[str, UnitData]
+    input_hashes: dict[str, str]  # relative path -> sha256 of every file read
+
+
+def _key(row: dict[str, Any], where: str) -> Key:
+    pid, idx = row["prompt_id"], row["sample_idx"]
+    if not isinstance(pid, str):
+        raise UserError(f"{where}: field 'prompt_id': expected a string, got {pid!r}.")
+    if isinstance(idx, bool) or not isinstance(idx, int) or idx < 0:
+        raise UserError(f"{where}: field 'sample_idx': expected an integer >= 0, got {idx!r}.")
+    return pid, idx
+
+
+def _read_keyed(path: Path, fields: tuple[str, ...]) -> dict[Key, tuple[int, dict[str, Any]]]:
+    """Rows of a JSONL file keyed by (prompt_id, sample_idx), with their line numbers."""
+    rows: dict[Key, tuple[int, dict[str, Any]]] = {}
+    for lineno, row in iter_jsonl(path):
+        where = f"{path}:{lineno}"
+        require_fields(row, fields, where)
+        key = _key(row, where)
+        if key in rows:
+            raise UserError(f"{where}: duplicate row for prompt_id {key[0]!r} sample_idx {key[1]} "
+                            f"(first at line {rows[key][0]}). Remove one of them or regenerate the file.")
+        rows[key] = (lineno, row)
+    if not rows:
+        raise UserError(f"{path}: no rows. Rerun the stage that writes it.")
+    return rows
+
+
+def _same_keys(path: Path, keys: set[Key], expected: set[Key], expected_from: Path) -> None:
+    missing = sorted(expected - keys)
+    if missing:
+        raise UserError(f"{path}: no row for prompt_id {missing[0][0]!r} sample_idx {missing[0][1]} "
+                        f"({len(missing)} missing) that {expected_from} has. Rerun the stage that writes it.")
+    extra = sorted(keys - expected)
+    if extra:
+        raise UserError(f"{path}: row for prompt_id {extra[0][0]!r} sample_idx {extra[0][1]} "
+                        f"({len(extra)} extra) that {expected_from} lacks. Rerun the stage that writes it.")
+
+
+def _read_train_log(path: Path) -> list[dict[str, Any]]:
+    rows = []
+    for lineno, row in iter_jsonl(path):
+        where = f"{path}:{lineno}"
+        require_fields(row, TRAIN_LOG_FIELDS, where)
+        # A quantity the loss does not define (e.g. lambda for DPO) may be null; anything else must be finite.
+        clean = {name: (None if row[name] is None and name not in ("step", "loss")
+                        else require_finite(row[name], f"{where}: field '{name}'")) for name in TRAIN_LOG_FIELDS}
+        rows.append(clean)
+    if not rows:
+        raise UserError(f"{path}: no rows. Retrain this unit or remove it from manifest.json.")
+    return sorted(rows, key=lambda r: r["step"])
+
+
+def load_run(run_dir: str | Path) -> RunData:
+    """Read and check every result file the report uses."""
+    root = Path(run_dir)
+    if not root.is_dir():
+        raise UserError(f"{root}: not a directory. Pass a run directory (runs/<experiment>).")
+    manifest = load_manifest(root)
+    read: list[Path] = [root / "manifest.json"]
+
+    grid: set[Key] | None = None
+    grid_from: Path | None = None
+    raw: dict[str, tuple[dict, dict[str, dict], list]] = {}
+    for unit in manifest.units:
+        gen_path = root / "generations" / f"{unit.unit}.jsonl"
+        gens = _read_keyed(gen_path, GENERATION_COLUMNS)
+        for key, (lineno, row) in gens.items():
+            n = row["n_tokens"]
+            if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+                raise UserError(f"{gen_path}:{lineno}: field 'n_tokens': expected an integer >= 0, got {n!r}.")
+            if not isinstance(row["response"], str) or not isinstance(row["prompt"], str):
+                raise UserError(f"{gen_path}:{lineno}: fields 'prompt' and 'response' must be strings.")
+        if grid is None:
+            grid, grid_from = set(gens), gen_path
+        else:
+            _same_keys(gen_path, set(gens), grid, grid_from)
+        scores = {}
+        for scorer in manifest.scorers:
+            score_path = root / "scores" / f"{unit.unit}.{scorer.name}.jsonl"
+            rows = _read_keyed(score_path, ("prompt_id", "sample_idx", "score"))
+            _same_keys(score_path, set(rows), set(gens), gen_path)
+            scores[scorer.name] = {k: require_finite(r["score"], f"{score_path}:{ln}: field 'score'")
+                                   for k, (ln, r) in rows.items()}
+            read.append(score_path)
+        log: list[dict[str, Any]] = []
+        if unit.loss is not None:
+            log_path = root / "checkpoints" / unit.unit / "train_log.jsonl"
+            log = _read_train_log(log_path)
+            read.append(log_path)
+        read.append(gen_path)
+        raw[unit.unit] = ({k: r for k, (_, r) in gens.items()}, scores, log)
+
+    assert grid is not None
+    prompt_ids = sorted({pid for pid, _ in grid})
+    sample_sets = {pid: sorted(i for p, i in grid if p == pid) for pid in prompt_ids}
+    n_samples = len(sample_sets[prompt_ids[0]])
+    for pid, idxs in sample_sets.items():
+        if idxs != list(range(n_samples)):
+            raise UserError(f"{grid_from}: prompt_id {pid!r} has sample_idx {idxs}, expected 0..{n_samples - 1} "
+                            f"like every other prompt. Regenerate with a fixed number of samples.")
+
+    def grid_array(values: dict[Key, float]) -> np.ndarray:
+        return np.array([[values[(pid, k)] for k in range(n_samples)] for pid in prompt_ids], dtype=float)
+
+    units = {}
+    for unit in manifest.units:
+        gens, scores, log = raw[unit.unit]
+        units[unit.unit] = UnitData(
+            unit=unit,
+            scores={name: grid_array(v) for name, v in scores.items()},
+            n_tokens=grid_array({k: r["n_tokens"] for k, r in gens.items()}),
+            generations=gens,
+            train_log=log,
+        )
+    hashes = {str(p.relative_to(root)): sha256_file(p) for p in sorted(read)}
+    return RunData(root=root, manifest=manifest, prompt_ids=prompt_ids, n_samples=n_samples, units=units,
+                   input_hashes=hashes)

@@ -1,0 +1,459 @@
+"""`bdpo report`: numbers recomputed independently from the score files, escaping, byte-identical
+results.json, bad inputs, and the page rendered in headless Chromium.
+
+Each test writes a real run directory (manifest, generations, scores, train logs) with the layout
+of harness/records.py; nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+import subprocess
+from collections import defaultdict
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from harness.cli import main
+from harness.errors import UserError
+from harness.records import TRAIN_LOG_FIELDS
+from reports.build import build_report
+from reports.manifest import parse_manifest
+
+HOSTILE = [
+    "<script>alert('x')</script>",
+    "</table></details><h1>broken</h1>",
+    '"><img src=x onerror=alert(1)>',
+]
+
+# variant -> (loss, sweep, reward shift, cost shift)
+VARIANTS = {
+    "dpo": ("dpo", {"beta": 0.1}, 0.0, 0.0),
+    "bdpo-c0.1": ("bdpo", {"beta": 0.1, "clip": 0.1}, 0.3, -0.2),
+    "bdpo-c0.3": ("bdpo", {"beta": 0.1, "clip": 0.3}, 0.5, -0.4),
+    "bdpo-b0.5": ("bdpo", {"beta": 0.5, "clip": 0.3}, 0.2, 0.1),
+}
+SEEDS = [0, 1]
+N_PROMPTS = 14
+N_SAMPLES = 2
+
+
+def _jsonl(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+
+def write_run(root: Path, seed: int = 0) -> Path:
+    """A complete run directory: 4 variants x 2 seeds + the reference, reward and cost scorers."""
+    rng = np.random.default_rng(seed)
+    units = [{"unit": "reference", "variant": "reference", "seed": None, "loss": None, "params": {}, "train": {},
+              "sweep": {}}]
+    for name, (loss, sweep, _, _) in VARIANTS.items():
+        for s in SEEDS:
+            units.append({"unit": f"{name}-seed{s}", "variant": name, "seed": s, "loss": loss,
+                          "params": dict(sweep), "train": {}, "sweep": dict(sweep)})
+    prompt_effect = rng.normal(0, 1, N_PROMPTS)
+    shifts = {"reference": (-0.5, 0.5), **{k: (v[2], v[3]) for k, v in VARIANTS.items()}}
+    for u in units:
+        r_shift, c_shift = shifts[u["variant"]]
+        gens, rewards, costs = [], [], []
+        for p in range(N_PROMPTS):
+            for k in range(N_SAMPLES):
+                pid = f"p{p:02d}"
+                text = HOSTILE[(p + k) % 3] if p < 3 else f"Answer {p}.{k} from {u['unit']} & co"
+                gens.append({"prompt_id": pid, "sample_idx": k, "prompt": f"USER: question {p} <b>bold?</b> ASSISTANT:",
+                             "response": text, "n_tokens": int(rng.integers(5, 60)),
+                             "finish_reason": "stop", "cache_key": f"{u['unit']}-{pid}-{k}"})
+                # Rounded to one decimal so that ties occur and the 1/2 rule matters.
+                rewards.append({"prompt_id": pid, "sample_idx": k,
+                                "score": round(float(prompt_effect[p] + r_shift + rng.normal(0, 1)), 1)})
+                costs.append({"prompt_id": pid, "sample_idx": k,
+                              "score": round(float(-prompt_effect[p] + c_shift + rng.normal(0, 1)), 1)})
+        # Rows in a shuffled order: the report must match by key, not by line.
+        _jsonl(root / "generations" / f"{u['unit']}.jsonl", [gens[i] for i in rng.permutation(len(gens))])
+        _jsonl(root / "scores" / f"{u['unit']}.reward.jsonl", rewards)
+        _jsonl(root / "scores" / f"{u['unit']}.cost.jsonl", costs[::-1])
+        if u["loss"] is not None:
+            log = []
+            for step in range(1, 6):
+                row = {f: float(rng.normal()) for f in TRAIN_LOG_FIELDS}
+                row["step"] = step
+                row["logps/chosen"] = -50.0 - 2.0 * step + float(rng.normal())
+                if u["loss"] == "dpo":
+                    row["lambda/mean"] = row["lambda/min"] = row["lambda/max"] = None
+                log.append(row)
+            _jsonl(root / "checkpoints" / u["unit"] / "train_log.jsonl", log)
+    manifest = {
+        "experiment": "report-test", "baseline": "dpo", "units": units,
+        "scorers": [{"name": "reward", "score_type": "reward", "threshold": 0.0},
+                    {"name": "cost", "score_type": "cost", "threshold": 0.0}],
+        "config": {"experiment": "report-test", "report": {"bootstrap_samples": 400, "seed": 3}},
+        "provenance": {"versions": {"torch": "2.13.0"}, "git_hash": "abc123"},
+        "data_hashes": {"train_pairs": "d" * 64}, "model_hash": "m" * 64, "seeds": SEEDS,
+        "timestamps": {"train/dpo-seed0": "2026-01-01T00:00:00+00:00"},
+    }
+    (root / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    return root
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> Path:
+    run = write_run(tmp_path_factory.mktemp("run") / "report-test")
+    assert main(["report", str(run)]) == 0
+    return run
+
+
+# ---------------------------------------------------------------- independent recomputation (plain python)
+
+
+def _read(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _scores(run: Path, unit: str, scorer: str) -> dict[tuple[str, int], float]:
+    return {(r["prompt_id"], r["sample_idx"]): r["score"] for r in _read(run / "scores" / f"{unit}.{scorer}.jsonl")}
+
+
+def _units(run: Path) -> dict[str, list[dict]]:
+    by_variant = defaultdict(list)
+    for u in json.loads((run / "manifest.json").read_text())["units"]:
+        by_variant[u["variant"]].append(u)
+    return by_variant
+
+
+def _pairs(run: Path, variant: str, other: str, scorer: str) -> list[tuple[float, float]]:
+    """(variant score, other score) on the same seed, prompt and sample; the reference pairs with every seed."""
+    units = _units(run)
+    seeds = sorted({u["seed"] for u in units[variant] + units[other] if u["seed"] is not None})
+
+    def at(v: str, seed: int) -> dict:
+        return next(u for u in units[v] if u["seed"] in (None, seed))
+
+    out = []
+    for seed in seeds:
+        a, b = _scores(run, at(variant, seed)["unit"], scorer), _scores(run, at(other, seed)["unit"], scorer)
+        out += [(a[key], b[key]) for key in sorted(a)]
+    return out
+
+
+def _mcnemar(a: list[bool], b: list[bool]) -> float:
+    only_a = sum(x and not y for x, y in zip(a, b))
+    only_b = sum(y and not x for x, y in zip(a, b))
+    n = only_a + only_b
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(only_a, only_b) + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
+
+
+def test_numbers_match_the_score_files(built):
+    results = json.loads((built / "results.json").read_text())
+    board = {row["variant"]: row["metrics"] for row in results["leaderboard"]}
+    units = _units(built)
+    assert set(board) == {"reference", *VARIANTS}
+    assert results["n_prompts"] == N_PROMPTS and results["n_samples_per_prompt"] == N_SAMPLES
+    for variant, metrics in board.items():
+        rewards = [s for u in units[variant] for s in _scores(built, u["unit"], "reward").values()]
+        costs = [s for u in units[variant] for s in _scores(built, u["unit"], "cost").values()]
+        lengths = [g["n_tokens"] for u in units[variant] for g in _read(built / "generations" / f"{u['unit']}.jsonl")]
+        assert metrics["reward.mean"]["value"] == pytest.approx(sum(rewards) / len(rewards), abs=1e-12)
+        assert metrics["cost.mean"]["value"] == pytest.approx(sum(costs) / len(costs), abs=1e-12)
+        assert metrics["cost.safe_rate"]["value"] == pytest.approx(sum(c <= 0 for c in costs) / len(costs), abs=1e-12)
+        assert metrics["length.mean"]["value"] == pytest.approx(sum(lengths) / len(lengths), abs=1e-12)
+        assert metrics["reward.mean"]["n"] == N_PROMPTS
+        assert metrics["reward.mean"]["n_seeds"] == len(units[variant])
+        for key in ("reward.mean", "cost.mean", "cost.safe_rate", "length.mean"):
+            m = metrics[key]
+            assert m["ci_low"] <= m["value"] <= m["ci_high"], key
+        assert metrics["reward.mean"]["higher_is_better"] is True
+        assert metrics["cost.mean"]["higher_is_better"] is False
+        for other, label in (("dpo", "baseline"), ("reference", "reference")):
+            if other == variant:
+                assert metrics[f"reward.win_vs_{label}"] is None
+                continue
+            pr = _pairs(built, variant, other, "reward")
+            pc = _pairs(built, variant, other, "cost")
+            win_r = sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in pr) / len(pr)
+            win_c = sum(1.0 if a < b else 0.5 if a == b else 0.0 for a, b in pc) / len(pc)
+            assert metrics[f"reward.win_vs_{label}"]["value"] == pytest.approx(win_r, abs=1e-12)
+            assert metrics[f"cost.win_vs_{label}"]["value"] == pytest.approx(win_c, abs=1e-12)
+        # Training diagnostics: the last logged row, averaged over seeds; drift = last minus first logps/chosen.
+        if variant == "reference":
+            assert metrics["train.reward_accuracy"] is None
+            continue
+        logs = [_read(built / "checkpoints" / u["unit"] / "train_log.jsonl") for u in units[variant]]
+        acc = sum(log[-1]["rewards/accuracies"] for log in logs) / len(logs)
+        drift = sum(log[-1]["logps/chosen"] - log[0]["logps/chosen"] for log in logs) / len(logs)
+        assert metrics["train.reward_accuracy"]["value"] == pytest.approx(acc, abs=1e-12)
+        assert metrics["train.chosen_logp_drift"]["value"] == pytest.approx(drift, abs=1e-12)
+        assert metrics["train.margin"]["value"] == pytest.approx(
+            sum(log[-1]["rewards/margins"] for log in logs) / len(logs), abs=1e-12)
+        if variant == "dpo":
+            assert metrics["train.lambda_mean"] is None  # not defined for DPO (null in its log)
+        else:
+            assert metrics["train.lambda_mean"]["value"] == pytest.approx(
+                sum(log[-1]["lambda/mean"] for log in logs) / len(logs), abs=1e-12)
+
+
+def test_comparisons_match_the_score_files(built):
+    results = json.loads((built / "results.json").read_text())
+    rows = {(c["variant"], c["metric"]): c for c in results["comparisons"]}
+    others = ["reference", *[v for v in VARIANTS if v != "dpo"]]
+    assert set(rows) == {(v, m) for v in others for m in ("reward.mean", "cost.mean", "cost.safe_rate")}
+    for v in others:
+        for scorer in ("reward", "cost"):
+            pairs = _pairs(built, v, "dpo", scorer)
+            c = rows[(v, f"{scorer}.mean")]
+            assert c["difference"] == pytest.approx(sum(a - b for a, b in pairs) / len(pairs), abs=1e-12)
+            assert c["ci_low"] <= c["difference"] <= c["ci_high"]
+            assert 0 < c["p_value"] <= 1 and c["test"].startswith("paired bootstrap")
+        pairs = _pairs(built, v, "dpo", "cost")
+        safe_a, safe_b = [a <= 0 for a, _ in pairs], [b <= 0 for _, b in pairs]
+        c = rows[(v, "cost.safe_rate")]
+        assert c["difference"] == pytest.approx((sum(safe_a) - sum(safe_b)) / len(pairs), abs=1e-12)
+        assert c["test"] == "exact McNemar"
+        assert c["p_value"] == pytest.approx(_mcnemar(safe_a, safe_b), rel=1e-9)
+    # Holm, by hand: sort, scale by (m - rank), running maximum, cap at 1.
+    ps = [c["p_value"] for c in results["comparisons"]]
+    order = sorted(range(len(ps)), key=lambda i: ps[i])
+    running, expected = 0.0, [0.0] * len(ps)
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(ps) - rank) * ps[i]))
+        expected[i] = running
+    assert [c["p_holm"] for c in results["comparisons"]] == pytest.approx(expected)
+
+
+def test_leaderboard_csv_and_md_agree_with_results(built):
+    results = json.loads((built / "results.json").read_text())
+    board = {row["variant"]: row["metrics"] for row in results["leaderboard"]}
+    with open(built / "report" / "leaderboard.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["variant"] for r in rows] == [row["variant"] for row in results["leaderboard"]]
+    # Ordered by the primary metric (mean reward), best first.
+    means = [float(r["reward.mean"]) for r in rows]
+    assert means == sorted(means, reverse=True)
+    for r in rows:
+        assert float(r["cost.safe_rate"]) == board[r["variant"]]["cost.safe_rate"]["value"]
+        assert float(r["reward.mean.ci_low"]) == board[r["variant"]]["reward.mean"]["ci_low"]
+    md = (built / "report" / "leaderboard.md").read_text()
+    dpo = board["dpo"]["reward.mean"]
+    assert f"{dpo['value']:.3f} [{dpo['ci_low']:.3f}, {dpo['ci_high']:.3f}]" in md
+
+
+def test_ablation_pivots_follow_the_sweep(built):
+    results = json.loads((built / "results.json").read_text())
+    board = {row["variant"]: row["metrics"] for row in results["leaderboard"]}
+    tables = {(t["field"], t["metric"]): t for t in results["ablations"]}
+    clip = tables[("clip", "reward.mean")]
+    assert clip["values"] == [0.1, 0.3]
+    assert [(r["loss"], r["fixed"], r["variants"]) for r in clip["rows"]] == [
+        ("bdpo", {"beta": 0.1}, ["bdpo-c0.1", "bdpo-c0.3"]),
+        ("bdpo", {"beta": 0.5}, [None, "bdpo-b0.5"]),
+    ]
+    assert clip["rows"][0]["cells"][1] == board["bdpo-c0.3"]["reward.mean"]
+    beta = tables[("beta", "cost.safe_rate")]
+    assert beta["values"] == [0.1, 0.5]
+    assert [(r["loss"], r["fixed"], r["variants"]) for r in beta["rows"]] == [
+        ("bdpo", {"clip": 0.1}, ["bdpo-c0.1", None]),
+        ("bdpo", {"clip": 0.3}, ["bdpo-c0.3", "bdpo-b0.5"]),
+        ("dpo", {}, ["dpo", None]),
+    ]
+    md = (built / "report" / "ablations.md").read_text()
+    a, b = board["bdpo-c0.1"]["reward.mean"], board["bdpo-c0.3"]["reward.mean"]
+    assert (f"| bdpo | beta=0.1 | reward mean | {a['value']:.3f} [{a['ci_low']:.3f}, {a['ci_high']:.3f}] | "
+            f"{b['value']:.3f} [{b['ci_low']:.3f}, {b['ci_high']:.3f}] |") in md
+
+
+def test_results_carry_provenance_and_are_byte_identical(built, tmp_path):
+    results = json.loads((built / "results.json").read_text())
+    assert results["schema_version"] == 1
+    assert results["provenance"]["git_hash"] == "abc123"
+    assert results["model_hash"] == "m" * 64 and results["seeds"] == SEEDS
+    assert results["settings"] == {"confidence": 0.95, "bootstrap_samples": 400, "seed": 3,
+                                   "primary_metric": "reward.mean"}
+    assert results["timestamps"] == {"train/dpo-seed0": "2026-01-01T00:00:00+00:00"}
+    assert "scores/dpo-seed0.reward.jsonl" in results["inputs"]
+    assert "numpy" in results["report_environment"]["versions"]
+    first = (built / "results.json").read_bytes()
+    assert (built / "report" / "results.json").read_bytes() == first
+    build_report(built, tmp_path / "again")
+    assert (tmp_path / "again" / "results.json").read_bytes() == first
+    for name in ("training_curves", "frontier", "distributions"):
+        png = (built / "report" / "plots" / f"{name}.png").read_bytes()
+        assert png.startswith(b"\x89PNG") and len(png) > 5000
+
+
+# ---------------------------------------------------------------------------------------- escaping
+
+
+class _PageParser(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict]] = []
+        self.text: list[str] = []
+        self.open_tables = 0
+        self.max_open_tables = 0
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+        if tag == "table":
+            self.open_tables += 1
+            self.max_open_tables = max(self.max_open_tables, self.open_tables)
+
+    def handle_endtag(self, tag):
+        if tag == "table":
+            self.open_tables -= 1
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def test_untrusted_text_is_escaped(built):
+    page = (built / "report" / "index.html").read_text()
+    parser = _PageParser()
+    parser.feed(page)
+    tags = [t for t, _ in parser.tags]
+    assert "script" not in tags
+    assert not any(a.get("onerror") for _, a in parser.tags)
+    imgs = [a for t, a in parser.tags if t == "img"]
+    assert len(imgs) == 3 and all(a["src"].startswith("data:image/png;base64,") for a in imgs)
+    assert "h1" in tags and tags.count("h1") == 1  # the completion's <h1> stays text
+    assert parser.open_tables == 0 and parser.max_open_tables == 1  # no table closed or opened by a completion
+    text = "".join(parser.text)
+    for hostile in HOSTILE:
+        assert hostile in text, hostile
+    assert "question 1 <b>bold?</b>" in text
+    # Self-contained: nothing is fetched from anywhere.
+    assert not any(v.startswith(("http:", "https:", "//")) for _, a in parser.tags for k, v in a.items()
+                   if k in ("src", "href") and v)
+    assert "<link" not in page
+
+
+# -------------------------------------------------------------------------------------- bad inputs
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory) -> Path:
+    """A run with a finished report, copied by each bad-input case before it breaks something."""
+    run = write_run(tmp_path_factory.mktemp("pristine") / "run")
+    build_report(run)
+    return run
+
+
+def _corrupt_line(path: Path, lineno: int, edit) -> None:
+    lines = path.read_text().splitlines()
+    row = json.loads(lines[lineno - 1])
+    lines[lineno - 1] = edit(row)
+    path.write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("nan_score", ["scores/bdpo-c0.3-seed1.reward.jsonl:4", "field 'score'"]),
+    ("string_score", ["scores/bdpo-c0.3-seed1.reward.jsonl:4", "field 'score'"]),
+    ("missing_field", ["generations/dpo-seed0.jsonl:2", "n_tokens"]),
+    ("missing_file", ["scores/bdpo-b0.5-seed0.cost.jsonl", "not found"]),
+    ("missing_row", ["scores/dpo-seed1.reward.jsonl", "p00"]),
+    ("missing_log_field", ["checkpoints/dpo-seed0/train_log.jsonl:3", "lambda/mean"]),
+    ("bad_manifest", ["manifest.json", "baseline", "nope"]),
+])
+def test_bad_inputs_give_one_line_errors_and_keep_the_old_report(pristine, tmp_path, case, expected, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(pristine, run)
+    old = {p: p.read_bytes() for p in (run / "report").rglob("*") if p.is_file()}
+    old_results = (run / "results.json").read_bytes()
+    if case == "nan_score":
+        _corrupt_line(run / "scores/bdpo-c0.3-seed1.reward.jsonl", 4, lambda r: json.dumps(r).replace(
+            f'"score": {json.dumps(r["score"])}', '"score": NaN'))
+    elif case == "string_score":
+        _corrupt_line(run / "scores/bdpo-c0.3-seed1.reward.jsonl", 4, lambda r: json.dumps({**r, "score": "nan"}))
+    elif case == "missing_field":
+        _corrupt_line(run / "generations/dpo-seed0.jsonl", 2,
+                      lambda r: json.dumps({k: v for k, v in r.items() if k != "n_tokens"}))
+    elif case == "missing_file":
+        (run / "scores/bdpo-b0.5-seed0.cost.jsonl").unlink()
+    elif case == "missing_row":
+        path = run / "scores/dpo-seed1.reward.jsonl"
+        path.write_text("".join(line + "\n" for line in path.read_text().splitlines() if '"p00"' not in line))
+    elif case == "missing_log_field":
+        _corrupt_line(run / "checkpoints/dpo-seed0/train_log.jsonl", 3,
+                      lambda r: json.dumps({k: v for k, v in r.items() if k != "lambda/mean"}))
+    elif case == "bad_manifest":
+        m = json.loads((run / "manifest.json").read_text())
+        m["baseline"] = "nope"
+        (run / "manifest.json").write_text(json.dumps(m))
+
+    with pytest.raises(UserError) as err:
+        build_report(run)
+    message = str(err.value)
+    assert "\n" not in message
+    for part in expected:
+        assert part in message, message
+    # The CLI: exit code 2 and one line on stderr.
+    capsys.readouterr()
+    assert main(["report", str(run)]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and expected[0] in lines[0]
+    # The previous report is untouched and no temporary folder is left behind.
+    assert {p: p.read_bytes() for p in (run / "report").rglob("*") if p.is_file()} == old
+    assert (run / "results.json").read_bytes() == old_results
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "generations", "manifest.json", "report",
+                                                     "results.json", "scores"]
+
+
+def test_manifest_validation_names_the_field():
+    good = {"experiment": "x", "baseline": "dpo",
+            "units": [{"unit": "dpo-seed0", "variant": "dpo", "seed": 0, "loss": "dpo"}],
+            "scorers": [{"name": "reward", "score_type": "reward"}]}
+    m = parse_manifest(good)
+    assert m.seeds == (0,) and m.reference is None and m.scorers[0].threshold == 0.0
+    bad_cases = [
+        ({"units": [{**good["units"][0], "seed": "zero"}]}, "units[0]: field 'seed'"),
+        ({"units": [{**good["units"][0], "unit": "../escape"}]}, "units[0]: field 'unit'"),
+        ({"scorers": [{"name": "r", "score_type": "helpfulness"}]}, "scorers[0]: field 'score_type'"),
+        ({"units": [good["units"][0], good["units"][0]]}, "duplicate unit name"),
+        ({"units": [{**good["units"][0], "sweep": {"beta": [1, 2]}}]}, "field 'sweep.beta'"),
+    ]
+    for change, expected in bad_cases:
+        with pytest.raises(UserError, match=expected.replace("[", r"\[").replace("]", r"\]")):
+            parse_manifest({**good, **change})
+    with pytest.raises(UserError, match="missing field 'scorers'"):
+        parse_manifest({k: v for k, v in good.items() if k != "scorers"})
+
+
+# ---------------------------------------------------------------------------------- headless Chromium
+
+
+def _chromium() -> str | None:
+    return next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
+
+
+def test_page_renders_in_headless_chromium(built, tmp_path):
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("no chromium binary (install Debian's `chromium` to run this test)")
+    shot = tmp_path / "report.png"
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars",
+             f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0"]
+    url = (built / "report" / "index.html").resolve().as_uri()
+    out = subprocess.run([browser, *flags, "--window-size=1400,2200", f"--screenshot={shot}", url],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "Uncaught" not in out.stderr and ":CONSOLE" not in out.stderr, out.stderr[-2000:]
+    dom = subprocess.run([browser, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0
+    assert "Leaderboard" in dom.stdout and "bdpo-c0.3" in dom.stdout
+    assert "<script>alert" not in dom.stdout and "&lt;script&gt;alert" in dom.stdout
+    # The screenshot shows a page, not a blank one: plenty of distinct colours (tables, text, plots).
+    import matplotlib.image
+
+    pixels = matplotlib.image.imread(shot)
+    assert pixels.shape[0] >= 2000 and pixels.shape[1] >= 1300
+    colours = np.unique((pixels[..., :3] * 255).astype(np.uint8).reshape(-1, 3), axis=0)
+    assert len(colours) > 200
+    shutil.copy(shot, built / "report-screenshot.png")  # kept beside the run for a human look
