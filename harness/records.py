@@ -15,6 +15,20 @@ Run directory `runs/<experiment>/` (see harness/rundir.py):
     stages/<stage>.json              fingerprint record of each finished stage (written last)
 
 A *unit* is one trained policy: `<variant>-seed<seed>`, plus `reference` for the untrained base.
+
+manifest.json (written by the pipeline, read by `bdpo report`; checked by reports/manifest.py;
+full schema in docs/results-schema.md):
+
+    {"experiment": str, "baseline": "dpo",            # baseline: a variant name
+     "units": [{"unit": "dpo-seed0", "variant": "dpo", "seed": 0, "loss": "dpo",
+                "params": {...loss kwargs}, "train": {...train overrides},
+                "sweep": {"beta": 0.1, ...}},       # the config fields this variant varies (ablations)
+               {"unit": "reference", "variant": "reference", "seed": null, "loss": null, ...}],
+     "scorers": [{"name": "reward", "score_type": "reward", "threshold": 0.0},
+                 {"name": "cost", "score_type": "cost", "threshold": 0.0}],   # safe: cost <= threshold
+     "config": {...resolved RunConfig}, "provenance": {...harness.provenance.environment()},
+     "data_hashes": {...}, "model_hash": str, "seeds": [int, ...],
+     "timestamps": {...}}                            # optional; the only time-dependent field
 """
 
 from __future__ import annotations
