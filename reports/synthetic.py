@@ -93,11 +93,11 @@ def markdown_table(results: dict[str, Any]) -> str:
 def _save(fig: Figure, path: Path) -> None:
     FigureCanvasAgg(fig)
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+        fig.savefig(tmp, format="png", dpi=110)
 
 
 def _panels(n: int, title: str) -> tuple[Figure, list[Any]]:
-    fig = Figure(figsize=(4.2 * n, 3.4))
+    fig = Figure(figsize=(4.2 * n, 3.6), layout="constrained")
     axes = fig.subplots(1, n, squeeze=False)[0]
     fig.suptitle(title)
     return fig, list(axes)

@@ -33,7 +33,8 @@ import scipy.stats
 import torch
 from torch import Tensor
 
-from harness.config import SyntheticConfig, check_kwargs, to_dict
+from harness.config import ConfigError, SyntheticConfig, check_kwargs, to_dict
+from harness.errors import UserError
 from harness.io import atomic_write_json
 from harness.provenance import environment, timestamp
 from harness.registries import LOSSES
@@ -254,7 +255,10 @@ def mask_key(rate: float) -> str:
 def method_groups(cfg: SyntheticConfig, runs_per_method: int) -> list[MethodGroup]:
     groups = []
     for k, m in enumerate(cfg.methods):
-        fn = LOSSES.get(m.loss)
+        try:
+            fn = LOSSES.get(m.loss)
+        except UserError as e:
+            raise ConfigError(f"config key 'synthetic.methods.{m.name}.loss': {e}") from None
         check_kwargs(fn, m.params, f"synthetic.methods.{m.name}.params")
         groups.append(MethodGroup(m.name, fn, resolve_params(fn, m.params),
                                   slice(k * runs_per_method, (k + 1) * runs_per_method)))

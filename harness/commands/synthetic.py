@@ -27,13 +27,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_synthetic_config(config: str | None, overrides: list[str]):
-    """(run_root, SyntheticConfig) from a run config file (or the embedded default) plus overrides."""
-    from harness.config import ConfigError, RunConfig, SyntheticConfig, from_dict, load_dict, split_config_arg
+    """(run_root, SyntheticConfig) from a run config file (or the embedded default) plus overrides.
+
+    The file's `synthetic:` section is laid over the built-in defaults before the overrides apply,
+    so an override can address a default method by name (methods.bdpo.params.clip=0.3).
+    """
+    from harness.config import (
+        ConfigError, RunConfig, SyntheticConfig, _parse_override, from_dict, load_dict, set_dotted,
+        split_config_arg, to_dict,
+    )
 
     path, overrides = split_config_arg(config, overrides)
-    overrides = [o if o.startswith("synthetic.") else f"synthetic.{o}" for o in overrides]
+    data = load_dict(path)
+    section = data.get("synthetic") or {}
+    if isinstance(section, dict):
+        data["synthetic"] = {**to_dict(SyntheticConfig()), **section}
+    for item in overrides:
+        keys, value = _parse_override(item if item.startswith("synthetic.") else f"synthetic.{item}")
+        set_dotted(data, keys, value, item)
     try:
-        cfg = from_dict(RunConfig, load_dict(path, overrides))
+        cfg = from_dict(RunConfig, data)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}" if path else str(e)) from None
     return cfg.run_root, cfg.synthetic or SyntheticConfig()
@@ -68,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     header, rows = table_rows(results, compact=True)
     table = Table(title=f"Synthetic experiment: {len(results['seeds'])} seeds, mean ±{results['confidence']:.0%} CI "
                         f"half-width;\nΔ = paired difference to {results['baseline']} over the same seeds",
-                  title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+                  title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
     for name in header:
         table.add_column(name, no_wrap=True)
     previous = None
