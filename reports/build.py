@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.io import atomic_write_json, to_json
-from harness.provenance import git_hash, package_versions, timestamp
+from harness.provenance import package_versions, timestamp
 from reports import plots
 from reports.analysis import Settings, analyse, settings_for
 from reports.render import ablations_md, index_html, leaderboard_csv, leaderboard_md
@@ -43,7 +43,9 @@ def results_json(run: RunData, settings: Settings) -> dict[str, Any]:
         "model_hash": m.model_hash,
         "seeds": list(m.seeds),
         "inputs": run.input_hashes,
-        "report_environment": {"versions": package_versions(REPORT_PACKAGES), "git_hash": git_hash()},
+        # Versions only: the run's git hash is in `provenance`; the report code's commit would make
+        # results.json change with every unrelated commit.
+        "report_environment": {"versions": package_versions(REPORT_PACKAGES)},
         "timestamps": m.timestamps,
     }
 

@@ -288,6 +288,36 @@ def test_results_carry_provenance_and_are_byte_identical(built, tmp_path):
         assert png.startswith(b"\x89PNG") and len(png) > 5000
 
 
+def test_minimal_run_one_seed_no_reference_reward_only(tmp_path):
+    run = write_run(tmp_path / "run")
+    m = json.loads((run / "manifest.json").read_text())
+    m["units"] = [{**u, "sweep": {}} for u in m["units"] if u["unit"] in ("dpo-seed0", "bdpo-c0.3-seed0")]
+    m["scorers"] = m["scorers"][:1]
+    m["seeds"] = [0]
+    (run / "manifest.json").write_text(json.dumps(m))
+    out = build_report(run, tmp_path / "out")
+    assert not (run / "report").exists() and not (run / "results.json").exists()  # --out leaves the run alone
+    results = json.loads((out / "results.json").read_text())
+    assert results["reference"] is None and results["ablations"] == []
+    board = {row["variant"]: row["metrics"] for row in results["leaderboard"]}
+    assert set(board["dpo"]) == {"reward.mean", "reward.win_vs_baseline", "length.mean", *[
+        k for k in board["dpo"] if k.startswith("train.")]}
+    acc = board["bdpo-c0.3"]["train.reward_accuracy"]
+    assert acc["n"] == 1 and acc["ci_low"] is None  # one seed: no interval over seeds
+    pairs = _pairs(run, "bdpo-c0.3", "dpo", "reward")
+    (c,) = results["comparisons"]
+    assert c["test"] == "paired bootstrap (prompts)" and c["n_seeds"] == 1
+    assert c["difference"] == pytest.approx(sum(a - b for a, b in pairs) / len(pairs), abs=1e-12)
+    assert c["p_holm"] == c["p_value"]
+    assert sorted(p.name for p in (out / "plots").iterdir()) == ["distributions.png", "training_curves.png"]
+    assert "nothing to plot" in (out / "index.html").read_text()
+    assert "No config field was swept" in (out / "ablations.md").read_text()
+    assert set(results["inputs"]) == {"manifest.json", "generations/dpo-seed0.jsonl", "generations/bdpo-c0.3-seed0.jsonl",
+                                      "scores/dpo-seed0.reward.jsonl", "scores/bdpo-c0.3-seed0.reward.jsonl",
+                                      "checkpoints/dpo-seed0/train_log.jsonl",
+                                      "checkpoints/bdpo-c0.3-seed0/train_log.jsonl"}
+
+
 # ---------------------------------------------------------------------------------------- escaping
 
 
