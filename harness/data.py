@@ -93,7 +93,7 @@ class Row:
     def text(self, name: str, expected: Sequence[str], value: Any = None, what: str = "") -> str:
         """A non-empty string field (or `value` found inside it), stripped."""
         value = self.get(name, expected) if value is None else value
-        label = f"field '{name}'{what}"
+        label = f"field '{name}{what}'"
         if not isinstance(value, str):
             raise UserError(f"{self.where}: {label} must be a string, got {type(value).__name__}. Fix that row.")
         if not value.strip():
