@@ -66,6 +66,8 @@ class LoadReport:
 
 
 class LoadResult(NamedTuple):
+    """load_source's answer; unpacks as `pairs, report = load_source(source)`."""
+
     pairs: list[PreferencePair]
     report: LoadReport
 
@@ -73,6 +75,9 @@ class LoadResult(NamedTuple):
 # --------------------------------------------------------------------------------------------
 # Rows: where they come from (JSONL line, JSON/Parquet row, Hub row) and field checks
 # --------------------------------------------------------------------------------------------
+
+
+_FIELD = object()  # Row.text's default: read the named field itself
 
 
 @dataclass(frozen=True)
@@ -90,9 +95,9 @@ class Row:
                             f"Expected fields: {', '.join(expected)}.")
         return self.data[name]
 
-    def text(self, name: str, expected: Sequence[str], value: Any = None, what: str = "") -> str:
-        """A non-empty string field (or `value` found inside it), stripped."""
-        value = self.get(name, expected) if value is None else value
+    def text(self, name: str, expected: Sequence[str], value: Any = _FIELD, what: str = "") -> str:
+        """A non-empty string field (or `value`, found inside it at `what`), stripped."""
+        value = self.get(name, expected) if value is _FIELD else value
         label = f"field '{name}{what}'"
         if not isinstance(value, str):
             raise UserError(f"{self.where}: {label} must be a string, got {type(value).__name__}. Fix that row.")
@@ -197,7 +202,7 @@ def user_prompt(text: str) -> tuple[Message, ...]:
     return ({"role": "user", "content": text},)
 
 
-def check_messages(row: Row, name: str, value: Any, expected: Sequence[str]) -> tuple[Message, ...]:
+def check_messages(row: Row, name: str, value: Any) -> tuple[Message, ...]:
     """A conversation field: a non-empty list of {"role", "content"} ending with the user's turn."""
     if not isinstance(value, list) or not value:
         raise row.fail(f"field '{name}' must be a string or a non-empty list of messages, got {value!r:.60}.")
@@ -239,8 +244,8 @@ HH_FIELDS = ("chosen", "rejected")
 
 def _hh_files(path: Path, subsets: Sequence[str]) -> list[tuple[Path, str]]:
     """(file, id prefix) pairs: one file, or every <subset>/*.jsonl(.gz) of a folder, sorted."""
-    if path.is_file() or not path.exists():
-        if subsets:
+    if not path.is_dir():
+        if subsets and path.exists():
             raise UserError(f"{path}: option 'subsets' needs a folder of <subset>/*.jsonl.gz, not a file.")
         return [(path, "")]
     files = sorted(p for p in path.glob("*/*") if p.name.endswith(JSONL_SUFFIXES))
@@ -365,7 +370,7 @@ DERIVED_FIELDS = ("prompt", "response")
 
 @DATA_FORMATS.register("pku-saferlhf-derived")
 def load_pku_saferlhf_derived(source: DataSourceConfig) -> Iterator[Item]:
-    """PKU-SafeRLHF pairs as [{"prompt", "response": [safer, less_safe]}, ...] (JSON or JSONL)."""
+    """PKU-SafeRLHF pairs: a JSON list (or JSONL) of {"prompt", "response"}, response = two strings, safer first."""
     name = source_name(source)
     for row in source_rows(source):
         prompt = row.text("prompt", DERIVED_FIELDS)
@@ -384,7 +389,7 @@ def preference_pair(row: Row, source: str) -> PreferencePair:
     """TRL's explicit-prompt preference row, standard or conversational, plus an optional `meta` object."""
     value = row.get("prompt", PREFERENCE_FIELDS)
     prompt = user_prompt(row.text("prompt", PREFERENCE_FIELDS)) if isinstance(value, str) \
-        else check_messages(row, "prompt", value, PREFERENCE_FIELDS)
+        else check_messages(row, "prompt", value)
     chosen, rejected = (check_reply(row, f, PREFERENCE_FIELDS) for f in ("chosen", "rejected"))
     meta = row.data.get("meta") or {}
     if not isinstance(meta, dict):
