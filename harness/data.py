@@ -21,7 +21,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterator, Literal, NamedTuple, Sequence, Union
 
-from harness.config import DataConfig, DataSourceConfig, check_kwargs
+from harness.config import ConfigError, DataConfig, DataSourceConfig, check_kwargs
 from harness.errors import UserError
 from harness.io import iter_jsonl, read_json
 from harness.records import Message, PreferencePair, PromptRecord
@@ -436,15 +436,22 @@ def load_builtin_safety(source: DataSourceConfig) -> Iterator[Item]:
 COMMON_OPTIONS = ("split",)
 
 
+def check_options(source: DataSourceConfig) -> dict[str, Any]:
+    """ConfigError for unknown or mistyped `options` (without reading data); the loader's own options."""
+    name = source_name(source)
+    split = source.options.get("split", "train")
+    if not isinstance(split, str):
+        raise ConfigError(f"config key 'data.sources.{name}.options.split': expected a string, got {split!r}.")
+    options = {k: v for k, v in source.options.items() if k not in COMMON_OPTIONS}
+    check_kwargs(DATA_FORMATS.get(source.format), options, f"data.sources.{name}.options")
+    return options
+
+
 def load_source(source: DataSourceConfig) -> LoadResult:
     """All pairs of one source (chosen == rejected dropped, at most max_pairs), with its report."""
     name = source_name(source)
     loader = DATA_FORMATS.get(source.format)
-    options = {k: v for k, v in source.options.items() if k not in COMMON_OPTIONS}
-    check_kwargs(loader, options, f"data.sources.{name}.options")
-    split = source.options.get("split", "train")
-    if not isinstance(split, str):
-        raise UserError(f"config key 'data.sources.{name}.options.split': expected a string, got {split!r}.")
+    options = check_options(source)
     report = LoadReport(source=name, format=source.format, path=source.path)
     pairs: list[PreferencePair] = []
     for item in loader(source, **options):
@@ -470,7 +477,7 @@ def load_sources(data: DataConfig) -> tuple[list[PreferencePair], list[LoadRepor
     names = [source_name(s) for s in data.sources]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
-        raise UserError(f"config key 'data.sources': duplicate source names {dupes}; give each a distinct `name`.")
+        raise ConfigError(f"config key 'data.sources': duplicate source names {dupes}; give each a distinct `name`.")
     pairs: list[PreferencePair] = []
     reports = []
     for source in data.sources:
