@@ -54,7 +54,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class DataSourceConfig:
-    # Registered loader name (`bdpo ls` lists them), e.g. hh-rlhf, pku-saferlhf, preference-jsonl.
+    # Registered loader name (`bdpo ls` lists them), e.g. hh-rlhf, pku-saferlhf, preference.
     format: str = "builtin-safety"
     # Local file or folder, or a Hugging Face dataset name; empty for built-in data.
     path: str = ""

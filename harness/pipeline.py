@@ -103,10 +103,13 @@ class Pipeline:
         return self._model_hash
 
     def data_hashes(self) -> dict[str, str]:
-        from harness import data
+        from importlib import resources
 
-        return {data.source_name(s): _source_hash(s.path) if s.path else sha256_tree(data.builtin_data_dir())
-                for s in self.cfg.data.sources}
+        from harness.data import source_name
+
+        # Sources without a path are built into the package (harness/builtin_data).
+        builtin = str(resources.files("harness.builtin_data"))
+        return {source_name(s): _source_hash(s.path or builtin) for s in self.cfg.data.sources}
 
     # ---------------------------------------------------------------- the plan
     def plan(self) -> list[Stage]:
@@ -116,7 +119,7 @@ class Pipeline:
                            ["data/train_pairs.jsonl", "data/scorer_pairs.jsonl", "data/eval_pairs.jsonl",
                             "data/prompts.jsonl", "data/data_report.json"], self.run_data)
         stages.append(data_stage)
-        if cfg.synthetic is not None and getattr(cfg.synthetic, "enabled", True):
+        if cfg.synthetic is not None:
             stages.append(Stage("synthetic", {"synthetic": to_dict(cfg.synthetic), "versions": self.versions},
                                 ["synthetic/results.json"], self.run_synthetic))
         if not cfg.variants:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 NAME = "ls"
@@ -32,6 +33,6 @@ def run(args: argparse.Namespace) -> int:
         table.add_column("name", style="bold")
         table.add_column("description")
         for name, obj in registry.items():
-            table.add_row(name, summary(obj))
+            table.add_row(escape(name), escape(summary(obj)))
         console.print(table)
     return 0
