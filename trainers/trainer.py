@@ -302,6 +302,7 @@ def _training_args(train_cfg: TrainConfig, output_dir: Path, seed: int, dtype: t
         data_seed=seed,
         remove_unused_columns=False,
         dataloader_pin_memory=torch.cuda.is_available(),
+        use_cpu=not torch.cuda.is_available(),
         disable_tqdm=not progress,
         report_to=["tensorboard"] if importlib.util.find_spec("tensorboard") else [],
     )
