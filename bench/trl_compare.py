@@ -1,0 +1,100 @@
+"""This project's DPO training step against TRL's DPOTrainer (loss_type sigmoid), side by side.
+
+    python -m bench.trl_compare [--steps 10] [--batch 2] [--max-length 64] [--threads 1]
+
+Same model (a random Llama with SmolLM2's tokenizer), same token sequences, batch, optimizer
+(Trainer's default AdamW), learning-rate schedule, precision (float32 on CPU) and beta. Each
+configuration runs in its own fresh process (peak memory = that process's VmHWM):
+
+- ours: `trainers.trainer.train_policy`, reference log-probs precomputed and cached (its only mode);
+- trl: `trl.DPOTrainer` with its default resident reference model (a forward per step);
+- trl-precomputed: `trl.DPOTrainer` with `precompute_ref_log_probs=True`, the like-for-like setting.
+
+Sequences: the pairs are tokenised once by the project (`tokenize_pairs`, prompt cut to
+max_length/2, response to the rest); TRL gets the decoded texts with the same max_length, so
+both train on rows of max_length tokens without padding. Step time = median after the warm-up
+steps of the wall time between Trainer's step callbacks (the same callback for both).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import tempfile
+from typing import Any
+
+from bench.common import long_pairs, median, random_llama, report, run_isolated, step_timer
+
+
+def measure_trl(model: str, steps: int, batch: int, max_length: int, precompute: bool) -> dict[str, Any]:
+    """Worker (fresh process): TRL's DPOTrainer on the same sequences the project trains on."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    from trainers.logprobs import tokenize_pairs
+
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    tokenized, _ = tokenize_pairs(long_pairs(steps * batch), tokenizer, use_chat_template=False,
+                                  max_length=max_length, max_prompt_length=max_length // 2)
+    rows = [{"prompt": tokenizer.decode(p.prompt_ids), "chosen": tokenizer.decode(p.chosen_ids),
+             "rejected": tokenizer.decode(p.rejected_ids)} for p in tokenized]
+    timer = step_timer()
+    with tempfile.TemporaryDirectory() as out:
+        config = DPOConfig(
+            output_dir=out, max_steps=steps, per_device_train_batch_size=batch, learning_rate=1e-5,
+            lr_scheduler_type="linear", warmup_steps=math.ceil(0.1 * steps), weight_decay=0.0, max_grad_norm=1.0,
+            beta=0.1, loss_type=["sigmoid"], max_length=max_length, truncation_mode="keep_start",
+            precompute_ref_log_probs=precompute, logging_steps=steps, save_strategy="no", report_to=[],
+            disable_tqdm=True, seed=0, data_seed=0, bf16=False,  # float32, as the project trains on CPU
+        )
+        policy = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
+        trainer = DPOTrainer(model=policy, args=config, train_dataset=Dataset.from_list(rows),
+                             processing_class=tokenizer, callbacks=[timer])
+        data = trainer.train_dataset
+        lengths = [min(max_length, len(p) + len(c)) for p, c in zip(data["prompt_ids"], data["chosen_ids"])]
+        trainer.train()
+    return {"step_times": timer.times, "base_rss_mb": timer.base_rss_mb,
+            "mean_tokens_per_row": sum(lengths) / len(lengths),
+            "ours_mean_tokens_per_row": sum(len(p.prompt_ids) + len(p.chosen_ids) for p in tokenized) / len(tokenized)}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=2, help="pairs per step")
+    parser.add_argument("--max-length", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args(argv)
+
+    model = random_llama(args.hidden, args.layers, 3 * args.hidden, args.hidden // 64 or 1)
+    common = dict(threads=args.threads, model=model, steps=args.steps, batch=args.batch, max_length=args.max_length)
+    runs = {
+        "ours": run_isolated("bench.common:train_project", max_prompt_length=args.max_length // 2, **common),
+        "trl": run_isolated("bench.trl_compare:measure_trl", precompute=False, **common),
+        "trl-precomputed": run_isolated("bench.trl_compare:measure_trl", precompute=True, **common),
+    }
+    step = {k: median(r["step_times"][args.warmup:]) for k, r in runs.items()}
+    peak = {k: r["peak_rss_mb"] for k, r in runs.items()}
+    added = {k: r["peak_rss_mb"] - r["base_rss_mb"] for k, r in runs.items()}
+    results = {"model": model, "batch_pairs": args.batch, "max_length": args.max_length, "threads": args.threads,
+               "steps_timed": args.steps - args.warmup,
+               "mean_tokens_per_row": {"ours": runs["trl"]["ours_mean_tokens_per_row"],
+                                       "trl": runs["trl"]["mean_tokens_per_row"]},
+               "median_step_s": step, "peak_rss_mb": peak, "peak_minus_base_rss_mb": added,
+               "base_rss_mb": {k: r["base_rss_mb"] for k, r in runs.items()}}
+    ratios = []
+    for other in ("trl", "trl-precomputed"):
+        ratios.append((f"step_time ours/{other}", step["ours"] / step[other], "<= 1.0", step["ours"] <= step[other]))
+        ratios.append((f"peak_memory ours/{other}", peak["ours"] / peak[other], "<= 1.0", peak["ours"] <= peak[other]))
+    report("DPO training step: this project against TRL's DPOTrainer (sigmoid)", results, ratios, args.json)
+    return {"results": results, "ratios": ratios}
+
+
+if __name__ == "__main__":
+    main()
