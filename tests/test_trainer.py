@@ -321,3 +321,32 @@ def test_bf16_and_per_term_gradient_norms(model_cfg, pairs, cache_dir, tmp_path)
     assert metrics["grad_norm/chosen"] > 0 and metrics["grad_norm/rejected"] > 0
     assert "grad_norm/chosen" not in read_jsonl(tmp_path / "out" / "train_log.jsonl")[0]  # measured every 2 steps
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "out").dtype == torch.bfloat16
+
+
+def test_cli_trains_each_variant_and_prints_a_summary(model_cfg, tmp_path, capsys):
+    from harness.cli import main
+
+    config = tmp_path / "run.yaml"
+    config.write_text(f"""
+experiment: cli
+model: {{path: "{model_cfg.path}", dtype: float32}}
+data:
+  sources: [{{format: hh-rlhf, path: "{shared_path('data', 'hh-rlhf')}", max_pairs: 10,
+             options: {{subsets: [harmless-base], split: test}}}}]
+  eval_prompts: 2
+train: {{max_steps: 2, batch_size: 4, max_length: {MAX_LENGTH}, max_prompt_length: {MAX_PROMPT}}}
+variants:
+  - {{name: dpo, loss: dpo, params: {{beta: 0.1}}}}
+  - {{name: bdpo, loss: bdpo, params: {{beta: 0.1, clip: 0.3}}}}
+""")
+    out = tmp_path / "ckpt"
+    assert main(["train", str(config), "train.learning_rate=1e-3", "--output-dir", str(out), "--seed", "1",
+                 "--no-progress"]) == 0
+    printed = capsys.readouterr()
+    assert "dpo-seed1" in printed.out and "bdpo-seed1" in printed.out and "reward accuracy" in printed.out
+    assert "training on 8 pairs" in printed.err and "tokenisation:" in printed.err
+    for unit in ("dpo-seed1", "bdpo-seed1"):
+        record = json.loads((out / unit / "train_record.json").read_text())
+        assert record["step"] == 2 and record["config"]["train"]["learning_rate"] == 1e-3
+    assert main(["train", str(config), "--variant", "bdp", "--output-dir", str(out)]) == 2
+    assert "Did you mean 'bdpo'" in capsys.readouterr().err

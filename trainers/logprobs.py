@@ -99,7 +99,8 @@ def tokenize_pairs(pairs: Sequence[PreferencePair], tokenizer: Any, *, use_chat_
                           chat_template=templated)
 
     def ids(text: str) -> list[int]:
-        return list(tokenizer(text, add_special_tokens=not templated)["input_ids"])
+        # verbose=False: texts longer than the model's limit are expected here; truncation follows.
+        return list(tokenizer(text, add_special_tokens=not templated, verbose=False)["input_ids"])
 
     out = []
     for pair in pairs:
