@@ -40,6 +40,8 @@ class Stage:
     inputs: dict[str, Any]
     outputs: list[str]
     action: Callable[[], None]
+    # Folders of partial work the stage resumes from; cleared when they came from other inputs.
+    workdirs: list[str] = field(default_factory=list)
     fingerprint: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -143,7 +145,7 @@ class Pipeline:
             st = Stage(f"train/{u.name}", {
                 "model": model, "train": to_dict(variant_train_config(cfg, u.variant)), "loss": u.variant.loss,
                 "params": u.variant.params, "seed": u.seed, "data": data_stage.fingerprint, "versions": self.versions,
-            }, [f"checkpoints/{u.name}/train_record.json"], lambda u=u: self.train(u))
+            }, [f"checkpoints/{u.name}/train_record.json"], lambda u=u: self.train(u), [f"checkpoints/{u.name}"])
             stages.append(st)
             policy_fp[u.name] = st.fingerprint
 
@@ -184,6 +186,7 @@ class Pipeline:
             for i, stage in enumerate(todo, start=1):
                 self.console.rule(f"[bold]stage {i}/{len(todo)}[/]: {stage.name}")
                 start = time.monotonic()
+                self.run.begin(stage.name, stage.fingerprint, stage.workdirs)
                 stage.action()
                 self.run.record(stage.name, stage.fingerprint, stage.inputs, stage.outputs)
                 self.console.print(f"[green]done[/] {stage.name} in {time.monotonic() - start:.1f} s")

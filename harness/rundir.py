@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from harness.errors import UserError
-from harness.io import atomic_write_json, read_json, sha256_json
+from harness.io import atomic_write_json, atomic_write_text, read_json, sha256_json
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,20 @@ class RunDir:
         atomic_write_json(self._record_path(stage), {
             "stage": stage, "fingerprint": fingerprint, "inputs": inputs, "outputs": sorted(outputs),
         })
+
+    def begin(self, stage: str, fingerprint: str, workdirs: list[str]) -> None:
+        """Note that `stage` starts with `fingerprint`. Work left in `workdirs` by an interrupted
+        attempt with the SAME fingerprint is kept (training and generation resume from it); work
+        from an attempt with another fingerprint (the config changed since) is removed first."""
+        started = self.path("stages", f"{stage}.started")
+        if not started.exists() or started.read_text().strip() != fingerprint:
+            for d in workdirs:
+                p = self.path(d)
+                if p.is_dir():
+                    shutil.rmtree(p)
+                elif p.exists():
+                    p.unlink()
+        atomic_write_text(started, fingerprint + "\n")
 
     def stage_fingerprint(self, stage: str) -> str | None:
         rec = self._record_path(stage)

@@ -45,3 +45,14 @@ def test_lock_excludes_a_second_process(tmp_path):
         assert out.returncode == 3 and "another bdpo process" in out.stdout
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0
+
+
+def test_begin_keeps_same_fingerprint_work_and_clears_other(tmp_path):
+    run = RunDir(tmp_path)
+    run.begin("train/a", "fp1", ["ckpt/a"])
+    run.path("ckpt/a").mkdir(parents=True)
+    (run.path("ckpt/a") / "partial.bin").write_text("x")
+    run.begin("train/a", "fp1", ["ckpt/a"])  # interrupted, same inputs: resume
+    assert (run.path("ckpt/a") / "partial.bin").exists()
+    run.begin("train/a", "fp2", ["ckpt/a"])  # config changed: stale partial work goes
+    assert not run.path("ckpt/a").exists()
