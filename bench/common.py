@@ -67,7 +67,8 @@ def median(values: Sequence[float]) -> float:
 
 
 def step_timer():
-    """A `transformers.TrainerCallback` recording each optimizer step's wall time (seconds) in `.times`
+    """A `transformers.TrainerCallback` recording each optimizer step's wall time (seconds) in `.times`,
+    its CPU time (this process, all threads) in `.cpu_times`,
     and the process's resident set and perf_counter() when training begins (`.base_rss_mb`,
     `.train_begin_at`).
 
@@ -80,19 +81,21 @@ def step_timer():
     class StepTimer(TrainerCallback):
         def __init__(self) -> None:
             self.times: list[float] = []
+            self.cpu_times: list[float] = []
             self.base_rss_mb = 0.0
             self.train_begin_at = 0.0
-            self._start = 0.0
+            self._start = self._cpu_start = 0.0
 
         def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             self.base_rss_mb = rss_mb()
             self.train_begin_at = time.perf_counter()
 
         def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            self._start = time.perf_counter()
+            self._start, self._cpu_start = time.perf_counter(), time.process_time()
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             self.times.append(time.perf_counter() - self._start)
+            self.cpu_times.append(time.process_time() - self._cpu_start)
 
     return StepTimer()
 
@@ -129,6 +132,17 @@ def _worker(target: str, kwargs_json: str) -> None:
     result = fn(**json.loads(kwargs_json))
     result["peak_rss_mb"] = peak_rss_mb()
     print(RESULT_MARK + json.dumps(result), flush=True)
+
+
+def imports_only() -> dict[str, Any]:
+    """Worker: the resident set of a process that has imported the training stack and nothing more;
+    subtract it from a peak to see what a configuration itself costs."""
+    import transformers  # noqa: F401
+    import trl  # noqa: F401
+
+    import trainers.trainer  # noqa: F401
+
+    return {"rss_mb": rss_mb()}
 
 
 # --------------------------------------------------------------------------------------------
@@ -249,26 +263,28 @@ def long_pairs(n: int, join: int = 12) -> list:
 
 def train_project(model: str, loss: str = "dpo", params: dict[str, Any] | None = None, steps: int = 12,
                   batch: int = 4, max_length: int = 128, max_prompt_length: int = 64, dtype: str = "float32",
-                  cache: str | None = None, resident_reference: bool = False) -> dict[str, Any]:
+                  cache: str | None = None, resident_reference: bool = False, lora: bool = False) -> dict[str, Any]:
     """Train with `trainers.trainer.train_policy` (the real entry point) for `steps` steps on
     `long_pairs`; return the per-step wall times and memory marks.
 
     `cache`: the reference log-prob cache directory (a fresh temporary one when None; pass the same
     one twice to measure a cache hit). `resident_reference`: keep a second copy of the model
     resident and compute the reference log-probs with it at every step, the way trainers without a
-    cache do; the loss, data and every other setting stay the project's.
+    cache do; the loss, data and every other setting stay the project's. `lora`: train LoRA
+    adapters (the project's defaults) instead of every weight.
     """
     import tempfile
 
     import trainers.trainer as trainer_module
-    from harness.config import ModelConfig, TrainConfig, VariantConfig
+    from harness.config import LoraConfig, ModelConfig, TrainConfig, VariantConfig
     from harness.io import read_json
     from trainers.logprobs import sequence_logps
 
     pairs = long_pairs(steps * batch)
     model_cfg = ModelConfig(path=model, dtype=dtype, use_chat_template=False)
     train_cfg = TrainConfig(max_steps=steps, batch_size=batch, max_length=max_length,
-                            max_prompt_length=max_prompt_length, learning_rate=1e-5, log_every=steps)
+                            max_prompt_length=max_prompt_length, learning_rate=1e-5, log_every=steps,
+                            lora=LoraConfig(enabled=lora))
     variant = VariantConfig(name=loss, loss=loss, params=params or {})
     timer = step_timer()
     base_class = trainer_module.PreferenceTrainer
@@ -301,7 +317,8 @@ def train_project(model: str, loss: str = "dpo", params: dict[str, Any] | None =
         finally:
             trainer_module.PreferenceTrainer = base_class
         record = read_json(Path(tmp) / "out" / trainer_module.RECORD)
-    return {"step_times": timer.times, "base_rss_mb": timer.base_rss_mb, "total_s": time.perf_counter() - start,
+    return {"step_times": timer.times, "step_cpu_times": timer.cpu_times, "base_rss_mb": timer.base_rss_mb,
+            "total_s": time.perf_counter() - start,
             "setup_s": timer.train_begin_at - start, "ref_cache_hit": record["reference"]["cache_hit"],
             "tokens_per_step": 2 * batch * max_length}
 
