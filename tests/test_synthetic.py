@@ -206,3 +206,16 @@ def test_methods_are_config_entries():
     assert cfg.methods[1] == SyntheticMethodConfig("bdpo", "bdpo", {"beta": 0.1, "clip": 0.5})
     with pytest.raises(ValueError, match="baseline"):
         SyntheticConfig(baseline="ipo")
+
+
+def test_mean_ci_is_the_student_t_interval():
+    import scipy.stats
+
+    from trainers.synthetic import mean_ci
+
+    values = np.array([0.1, 0.4, 0.35, 0.2, 0.9])
+    got = mean_ci(values, 0.95)
+    low, high = scipy.stats.t.interval(0.95, 4, loc=values.mean(), scale=scipy.stats.sem(values))
+    assert (got["mean"], got["n"]) == (pytest.approx(values.mean()), 5)
+    assert (got["ci_low"], got["ci_high"]) == (pytest.approx(low), pytest.approx(high))
+    assert mean_ci(np.array([0.3]), 0.95)["ci_low"] is None

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
-import scipy.stats
+import scipy.special
 import torch
 from torch import Tensor
 
@@ -272,7 +272,8 @@ def mean_ci(values: np.ndarray, confidence: float) -> dict[str, Any]:
     mean = values.mean(axis=0)
     if n < 2:
         return {"mean": mean.tolist(), "ci_low": None, "ci_high": None, "n": n}
-    half = scipy.stats.t.ppf(0.5 + confidence / 2, n - 1) * values.std(axis=0, ddof=1) / math.sqrt(n)
+    # stdtrit is Student's t quantile (scipy.special loads far faster than scipy.stats).
+    half = scipy.special.stdtrit(n - 1, 0.5 + confidence / 2) * values.std(axis=0, ddof=1) / math.sqrt(n)
     return {"mean": mean.tolist(), "ci_low": (mean - half).tolist(), "ci_high": (mean + half).tolist(), "n": n}
 
 
