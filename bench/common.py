@@ -66,6 +66,13 @@ def median(values: Sequence[float]) -> float:
     return float(statistics.median(values))
 
 
+def _sync() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def step_timer():
     """A `transformers.TrainerCallback` recording each optimizer step's wall time (seconds) in `.times`,
     its CPU time (this process, all threads) in `.cpu_times`,
@@ -91,9 +98,11 @@ def step_timer():
             self.train_begin_at = time.perf_counter()
 
         def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            _sync()
             self._start, self._cpu_start = time.perf_counter(), time.process_time()
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            _sync()  # GPU kernels run asynchronously: a step ends when its kernels have
             self.times.append(time.perf_counter() - self._start)
             self.cpu_times.append(time.process_time() - self._cpu_start)
 
@@ -263,7 +272,8 @@ def long_pairs(n: int, join: int = 12) -> list:
 
 def train_project(model: str, loss: str = "dpo", params: dict[str, Any] | None = None, steps: int = 12,
                   batch: int = 4, max_length: int = 128, max_prompt_length: int = 64, dtype: str = "float32",
-                  cache: str | None = None, resident_reference: bool = False, lora: bool = False) -> dict[str, Any]:
+                  cache: str | None = None, resident_reference: bool = False, lora: bool = False,
+                  gradient_checkpointing: bool = False) -> dict[str, Any]:
     """Train with `trainers.trainer.train_policy` (the real entry point) for `steps` steps on
     `long_pairs`; return the per-step wall times and memory marks.
 
@@ -271,25 +281,40 @@ def train_project(model: str, loss: str = "dpo", params: dict[str, Any] | None =
     one twice to measure a cache hit). `resident_reference`: keep a second copy of the model
     resident and compute the reference log-probs with it at every step, the way trainers without a
     cache do; the loss, data and every other setting stay the project's. `lora`: train LoRA
-    adapters (the project's defaults) instead of every weight.
+    adapters (the project's defaults) instead of every weight. `gradient_checkpointing`: turn
+    activation checkpointing on in the model when training begins (the trainer has no setting for
+    it; it trades a second forward for activation memory). Prompt and responses are long enough
+    (`long_pairs` joins about max_length/8 texts) that every row is max_length tokens.
     """
     import tempfile
+
+    import torch
+    from transformers import TrainerCallback
 
     import trainers.trainer as trainer_module
     from harness.config import LoraConfig, ModelConfig, TrainConfig, VariantConfig
     from harness.io import read_json
     from trainers.logprobs import sequence_logps
 
-    pairs = long_pairs(steps * batch)
+    pairs = long_pairs(steps * batch, join=max(12, max_length // 8))
     model_cfg = ModelConfig(path=model, dtype=dtype, use_chat_template=False)
     train_cfg = TrainConfig(max_steps=steps, batch_size=batch, max_length=max_length,
                             max_prompt_length=max_prompt_length, learning_rate=1e-5, log_every=steps,
                             lora=LoraConfig(enabled=lora))
     variant = VariantConfig(name=loss, loss=loss, params=params or {})
     timer = step_timer()
+    callbacks = [timer]
+    if gradient_checkpointing:
+        class Checkpointing(TrainerCallback):
+            def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+                model.config.use_cache = False
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+        callbacks.insert(0, Checkpointing())
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
     base_class = trainer_module.PreferenceTrainer
     if resident_reference:
-        import torch
         from transformers import AutoModelForCausalLM
 
         class ResidentReferenceTrainer(base_class):  # type: ignore[misc, valid-type]
@@ -297,10 +322,11 @@ def train_project(model: str, loss: str = "dpo", params: dict[str, Any] | None =
 
             def __init__(self, **kwargs: Any) -> None:
                 super().__init__(**kwargs)
-                self.ref_model = AutoModelForCausalLM.from_pretrained(model, dtype=getattr(torch, dtype)).eval()
+                self.ref_model = AutoModelForCausalLM.from_pretrained(model, dtype=getattr(torch, dtype))
+                self.ref_model.to(self.args.device).eval()
 
             def compute_loss(self, model: Any, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
-                with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
+                with torch.no_grad():
                     ref, _ = sequence_logps(self.ref_model, inputs["input_ids"], inputs["attention_mask"],
                                             inputs["response_mask"])
                 ref_chosen, ref_rejected = ref.float().chunk(2)
@@ -313,14 +339,15 @@ def train_project(model: str, loss: str = "dpo", params: dict[str, Any] | None =
         start = time.perf_counter()
         try:
             trainer_module.train_policy(model_cfg, train_cfg, variant, pairs, Path(tmp) / "out", seed=0,
-                                        cache_dir=cache_dir, progress=False, callbacks=[timer])
+                                        cache_dir=cache_dir, progress=False, callbacks=callbacks)
         finally:
             trainer_module.PreferenceTrainer = base_class
         record = read_json(Path(tmp) / "out" / trainer_module.RECORD)
     return {"step_times": timer.times, "step_cpu_times": timer.cpu_times, "base_rss_mb": timer.base_rss_mb,
             "total_s": time.perf_counter() - start,
             "setup_s": timer.train_begin_at - start, "ref_cache_hit": record["reference"]["cache_hit"],
-            "tokens_per_step": 2 * batch * max_length}
+            "tokens_per_step": 2 * batch * max_length,
+            "gpu_peak_allocated_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None}
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ configuration runs in its own fresh process (peak memory = that process's VmHWM)
 - ours: `trainers.trainer.train_policy`, reference log-probs precomputed and cached (its only mode);
 - trl: `trl.DPOTrainer` with its default resident reference model (a forward per step);
 - trl-precomputed: `trl.DPOTrainer` with `precompute_ref_log_probs=True`, the like-for-like setting.
+TRL's activation checkpointing (on by default in DPOConfig) is turned off: the project's trainer
+does not checkpoint, so both do the same forward and backward work.
 
 Sequences: the pairs are tokenised once by the project (`tokenize_pairs`, prompt cut to
 max_length/2, response to the rest); TRL gets the decoded texts with the same max_length, so
@@ -49,7 +51,10 @@ def measure_trl(model: str, steps: int, batch: int, max_length: int, precompute:
             lr_scheduler_type="linear", warmup_steps=math.ceil(0.1 * steps), weight_decay=0.0, max_grad_norm=1.0,
             beta=0.1, loss_type=["sigmoid"], max_length=max_length, truncation_mode="keep_start",
             precompute_ref_log_probs=precompute, logging_steps=steps, save_strategy="no", report_to=[],
-            disable_tqdm=True, seed=0, data_seed=0, bf16=False,  # float32, as the project trains on CPU
+            disable_tqdm=True, seed=0, data_seed=0,
+            # Like for like: float32 as the project trains on CPU, and no activation checkpointing
+            # (TRL's default is on: it recomputes the forward in the backward to save memory).
+            bf16=False, gradient_checkpointing=False,
         )
         policy = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
         trainer = DPOTrainer(model=policy, args=config, train_dataset=Dataset.from_list(rows),
