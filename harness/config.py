@@ -448,7 +448,7 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
-def _parse_override(item: str) -> tuple[list[str], Any]:
+def parse_override(item: str) -> tuple[list[str], Any]:
     if "=" not in item:
         raise ConfigError(f"override '{item}': expected KEY=VALUE, e.g. train.learning_rate=1e-4.")
     key, raw = item.split("=", 1)
@@ -521,7 +521,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 def load_dict(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
     data = read_yaml(path) if path else default_config_dict()
     for item in overrides:
-        keys, value = _parse_override(item)
+        keys, value = parse_override(item)
         set_dotted(data, keys, value, item)
     return data
 
@@ -582,6 +582,10 @@ def check_names(cfg: RunConfig) -> None:
         except UserError as e:
             raise ConfigError(f"config key '{key}': {e}") from None
 
+    if cfg.synthetic is not None:
+        for m in cfg.synthetic.methods:
+            fn = known(LOSSES, m.loss, f"synthetic.methods.{m.name}.loss")
+            check_kwargs(fn, m.params, f"synthetic.methods.{m.name}.params")
     for i, src in enumerate(cfg.data.sources):
         known(DATA_FORMATS, src.format, f"data.sources.{i}.format")
     for v in cfg.variants:

@@ -103,3 +103,9 @@ def test_embedded_default_is_valid():
     cfg = load_config(None)
     assert isinstance(cfg, RunConfig)
     assert load_dict(None)["experiment"] == cfg.experiment
+
+
+def test_synthetic_methods_are_checked(tmp_path):
+    data = {**BASE, "synthetic": {"methods": [{"name": "x", "loss": "bdpo", "params": {"clip": 0.9}}]}}
+    with pytest.raises(ConfigError, match=r"synthetic.methods.x.params.clip"):
+        load_config(write(tmp_path, data))

@@ -56,3 +56,10 @@ def test_begin_keeps_same_fingerprint_work_and_clears_other(tmp_path):
     assert (run.path("ckpt/a") / "partial.bin").exists()
     run.begin("train/a", "fp2", ["ckpt/a"])  # config changed: stale partial work goes
     assert not run.path("ckpt/a").exists()
+
+
+def test_atomic_writes_get_normal_permissions(tmp_path):
+    from harness.io import atomic_write_text
+
+    atomic_write_text(tmp_path / "f.txt", "x")
+    assert (tmp_path / "f.txt").stat().st_mode & 0o044 == 0o044  # group/other can read

@@ -33,7 +33,7 @@ def load_synthetic_config(config: str | None, overrides: list[str]):
     so an override can address a default method by name (methods.bdpo.params.clip=0.3).
     """
     from harness.config import (
-        ConfigError, RunConfig, SyntheticConfig, _parse_override, from_dict, load_dict, set_dotted,
+        ConfigError, RunConfig, SyntheticConfig, parse_override, from_dict, load_dict, set_dotted,
         split_config_arg, to_dict,
     )
 
@@ -43,7 +43,7 @@ def load_synthetic_config(config: str | None, overrides: list[str]):
     if isinstance(section, dict):
         data["synthetic"] = {**to_dict(SyntheticConfig()), **section}
     for item in overrides:
-        keys, value = _parse_override(item if item.startswith("synthetic.") else f"synthetic.{item}")
+        keys, value = parse_override(item if item.startswith("synthetic.") else f"synthetic.{item}")
         set_dotted(data, keys, value, item)
     try:
         cfg = from_dict(RunConfig, data)
