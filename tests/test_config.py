@@ -106,6 +106,6 @@ def test_embedded_default_is_valid():
 
 
 def test_synthetic_methods_are_checked(tmp_path):
-    data = {**BASE, "synthetic": {"methods": [{"name": "x", "loss": "bdpo", "params": {"clip": 0.9}}]}}
+    data = {**BASE, "synthetic": {"baseline": "x", "methods": [{"name": "x", "loss": "bdpo", "params": {"clip": 0.9}}]}}
     with pytest.raises(ConfigError, match=r"synthetic.methods.x.params.clip"):
         load_config(write(tmp_path, data))
