@@ -54,7 +54,7 @@ def measure_trl(model: str, steps: int, batch: int, max_length: int, precompute:
             disable_tqdm=True, seed=0, data_seed=0,
             # Like for like: float32 as the project trains on CPU, and no activation checkpointing
             # (TRL's default is on: it recomputes the forward in the backward to save memory).
-            bf16=False, gradient_checkpointing=False,
+            bf16=False, gradient_checkpointing=False, dataloader_pin_memory=torch.cuda.is_available(),
         )
         policy = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
         trainer = DPOTrainer(model=policy, args=config, train_dataset=Dataset.from_list(rows),

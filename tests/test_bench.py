@@ -1,0 +1,121 @@
+"""Correctness smoke of the benchmark scripts (bench/) at a tiny size: their workers run the real
+components and return well-formed measurements. No speed is asserted here: speed targets live in
+the benchmarks themselves (BENCHMARKS.md). vLLM is not started (its start-up alone is 20-40 s);
+bench.generation's vLLM path is the project's VLLMGenerator, tested in tests/test_generators.py."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench import common
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A 2-layer random Llama (hidden 64) with SmolLM2's tokenizer, in this session's cache."""
+    import os
+
+    cache = os.environ.get("BDPO_TEST_CACHE") or str(tmp_path_factory.getbasetemp().parent / "bdpo-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BDPO_CACHE", cache)
+        return common.random_llama(64, 2, 128, 1)
+
+
+def test_run_isolated_returns_result_and_peak_memory_and_reports_failures() -> None:
+    out = common.run_isolated("bench.common:machine")
+    assert out["cores"] >= 1 and out["peak_rss_mb"] > 10
+    with pytest.raises(RuntimeError, match="no_such_function"):
+        common.run_isolated("bench.common:no_such_function")
+
+
+def test_long_pairs_fill_max_length(tiny_llama: str) -> None:
+    """train_project relies on it: every row is exactly max_length tokens, no padding."""
+    from transformers import AutoTokenizer
+
+    from trainers.logprobs import tokenize_pairs
+
+    pairs = common.long_pairs(5, join=12)
+    assert len({p.id for p in pairs}) == 5
+    tokenized, stats = tokenize_pairs(pairs, AutoTokenizer.from_pretrained(tiny_llama), use_chat_template=False,
+                                      max_length=96, max_prompt_length=48)
+    assert stats.chosen_truncated == stats.rejected_truncated == 5
+    assert {len(t.prompt_ids) + len(t.chosen_ids) for t in tokenized} == {96}
+    assert {len(t.prompt_ids) + len(t.rejected_ids) for t in tokenized} == {96}
+
+
+def test_train_project_times_every_step_cached_and_resident(tiny_llama: str, tmp_path: Path) -> None:
+    cached = common.train_project(tiny_llama, steps=3, batch=2, max_length=32, max_prompt_length=16,
+                                  cache=str(tmp_path))
+    assert len(cached["step_times"]) == len(cached["step_cpu_times"]) == 3
+    assert all(t > 0 for t in cached["step_times"]) and cached["tokens_per_step"] == 2 * 2 * 32
+    assert not cached["ref_cache_hit"] and cached["base_rss_mb"] > 0
+    resident = common.train_project(tiny_llama, steps=3, batch=2, max_length=32, max_prompt_length=16,
+                                    cache=str(tmp_path), resident_reference=True, loss="bdpo", params={"clip": 0.3})
+    assert resident["ref_cache_hit"] and len(resident["step_times"]) == 3
+    import trainers.trainer
+
+    assert trainers.trainer.PreferenceTrainer.__name__ == "PreferenceTrainer"  # the patch was undone
+
+
+def test_loss_fn_timing_is_positive_for_every_benchmarked_loss() -> None:
+    from bench.loss_overhead import LOSSES, loss_fn_seconds
+
+    for name, params in LOSSES.items():
+        assert 0 < loss_fn_seconds(name, params, batch=4, repeats=5) < 1
+
+
+def test_trl_worker_trains_on_the_same_sequence_lengths(tiny_llama: str) -> None:
+    from bench.trl_compare import measure_trl
+
+    out = measure_trl(tiny_llama, steps=2, batch=2, max_length=32, precompute=True)
+    assert len(out["step_times"]) == 2
+    assert out["mean_tokens_per_row"] == out["ours_mean_tokens_per_row"] == 32
+
+
+def test_reference_precompute_second_call_hits_the_cache(tiny_llama: str, tmp_path: Path) -> None:
+    from bench.reference_cost import time_precompute
+
+    out = time_precompute(tiny_llama, n_pairs=4, batch=2, max_length=32, cache=str(tmp_path))
+    assert out["first"]["cache_hit"] is False and out["second"]["cache_hit"] is True
+
+
+def test_scoring_naive_and_bucketed_agree_and_bucketing_pads_less(tmp_path: Path) -> None:
+    from bench.scoring import measure, minilm_classifier
+
+    out = measure(minilm_classifier(), n=12, batch=4, repeats=1)
+    assert out["max_abs_score_diff"] < 1e-4
+    assert out["padded_tokens"]["bucketed"] <= out["padded_tokens"]["naive"]
+    assert out["padded_tokens"]["bucketed"] >= out["real_tokens"]
+
+
+def test_generation_worker_counts_tokens(tiny_llama: str) -> None:
+    from bench.generation import measure
+
+    out = measure("transformers", tiny_llama, batches=[1, 2], max_new_tokens=3, batch1_prompts=2)
+    assert 0 < out["1"]["tokens"] <= 2 * 3 and 0 < out["2"]["tokens"] <= 2 * 3
+    assert out["2"]["tokens_per_s"] > 0
+
+
+def test_synthetic_scaling_and_slope() -> None:
+    from bench.synthetic_grid import scaling, slope
+
+    out = scaling(steps=3, seeds=[1, 2], sizes=[4, 6])
+    assert set(out["seeds"]) == {"1", "2"} and all(v["cpu_s"] > 0 for v in out["grid"].values())
+    assert slope({"1": {"t": 1.0}, "4": {"t": 16.0}}, "t") == pytest.approx(2.0)
+
+
+def test_flops_per_token_counts_every_matmul_parameter(tiny_llama: str) -> None:
+    """6 N of the MFU formula: N = the weights of every nn.Linear a token passes through."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from bench.gpu_throughput import flops_per_token
+
+    config = json.loads((Path(tiny_llama) / "config.json").read_text())
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    n_linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    assert flops_per_token(config, seq=0) == 6 * n_linear
+    assert flops_per_token(config, seq=10) - flops_per_token(config, seq=0) == 12 * config["num_hidden_layers"] * 64 * 10
