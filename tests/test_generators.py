@@ -21,6 +21,7 @@ from harness.io import sha256_tree
 from harness.models import resolve_model_path
 from harness.records import GENERATION_FIELDS, PromptRecord
 
+GREEDY = GenerateConfig(max_new_tokens=16, batch_size=4)
 QUESTIONS = ["What is the capital of France?", "Reply with one word: is fire hot?",
              "Write a haiku about the sea.", "How do I bake bread?"]
 
@@ -34,23 +35,24 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]
         yield {name: resolve_model_path(f"builtin:{name}") for name in ("smollm2-135m-instruct", "tiny-llama-random")}
 
 
+STOP = GenerateConfig(max_new_tokens=16, stop=("Paris", "sea"))
+
+
 @pytest.fixture(scope="module")
-def smol_hf(models: dict[str, str]) -> Iterator[TransformersGenerator]:
+def smol_transformers(models: dict[str, str]) -> dict[str, object]:
+    """transformers' SmolLM2 completions, computed and the model freed before any vLLM engine starts
+    (a running engine keeps a core busy and slows transformers down several times)."""
     with TransformersGenerator(models["smollm2-135m-instruct"]) as gen:
-        yield gen
+        prompts = [render_prompt([{"role": "user", "content": q}], gen.tokenizer, True) for q in QUESTIONS]
+        return {"prompts": prompts, "greedy": gen.generate(prompts, GREEDY), "stop": gen.generate(prompts, STOP)}
 
 
 @pytest.fixture(scope="module")
-def smol_vllm(models: dict[str, str]) -> Iterator[VLLMGenerator]:
-    """One vLLM engine for the module (start-up takes 20-80 s on 2 cores)."""
+def smol_vllm(models: dict[str, str], smol_transformers: dict[str, object]) -> Iterator[VLLMGenerator]:
+    """One vLLM engine for the module (start-up takes 20-80 s on 2 cores); its tests come last."""
     pytest.importorskip("vllm")
     with VLLMGenerator(models["smollm2-135m-instruct"]) as gen:
         yield gen
-
-
-@pytest.fixture(scope="module")
-def chat_prompts(smol_hf: TransformersGenerator) -> list[str]:
-    return [render_prompt([{"role": "user", "content": q}], smol_hf.tokenizer, True) for q in QUESTIONS]
 
 
 class CountingTransformers(TransformersGenerator):
@@ -85,64 +87,16 @@ def prompt_records(k: int) -> list[PromptRecord]:
             for i in range(k)]
 
 
-GREEDY = GenerateConfig(max_new_tokens=16, batch_size=4)
-
-
-# ------------------------------------------------------------------------------------------------
-# vLLM against transformers on the same real model
-# ------------------------------------------------------------------------------------------------
-
-
-@pytest.mark.vllm
-def test_vllm_greedy_equals_transformers_token_for_token(smol_vllm, smol_hf, chat_prompts) -> None:
-    ours = smol_hf.generate(chat_prompts, GREEDY)
-    theirs = smol_vllm.generate(chat_prompts, GREEDY)
-    assert [[c.token_ids for c in row] for row in theirs] == [[c.token_ids for c in row] for row in ours]
-    assert [[(c.text, c.finish_reason) for c in row] for row in theirs] == \
-        [[(c.text, c.finish_reason) for c in row] for row in ours]
-    # Both ways of ending are covered: an end-of-turn token and the token limit.
-    reasons = {row[0].finish_reason for row in ours}
-    assert reasons == {"stop", "length"}, reasons
-    assert "Paris" in ours[0][0].text
-
-
-@pytest.mark.vllm
-def test_vllm_and_transformers_cut_stop_strings_alike(smol_vllm, smol_hf, chat_prompts) -> None:
-    settings = GenerateConfig(max_new_tokens=16, stop=("Paris", "sea"))
-    ours, theirs = smol_hf.generate(chat_prompts, settings), smol_vllm.generate(chat_prompts, settings)
-    assert [r[0] for r in theirs] == [r[0] for r in ours]
-    assert ours[0][0].finish_reason == "stop" and "Paris" not in ours[0][0].text
-
-
-@pytest.mark.vllm
-def test_vllm_sampling_seed_is_honoured(smol_vllm, chat_prompts) -> None:
-    settings = GenerateConfig(n=2, temperature=1.0, max_new_tokens=12, seed=3)
-    first = smol_vllm.generate(chat_prompts[2:], settings)
-    again = smol_vllm.generate(chat_prompts[2:], settings)
-    other = smol_vllm.generate(chat_prompts[2:], GenerateConfig(n=2, temperature=1.0, max_new_tokens=12, seed=4))
-    assert first == again
-    assert first != other
-    assert all(len(row) == 2 and row[0].token_ids != row[1].token_ids for row in first)
-
-
-def test_auto_picks_vllm_only_for_models_it_runs(models, stories260k) -> None:
-    pytest.importorskip("vllm")
-    assert pick_generator("auto", models["tiny-llama-random"])[0] == "vllm"
-    name, why = pick_generator("auto", str(stories260k))
-    assert name == "transformers" and "head_dim 8" in why
-    with pytest.raises(UserError, match="head_dim 8"):
-        VLLMGenerator(str(stories260k))  # refused before an engine starts
-
-
 # ------------------------------------------------------------------------------------------------
 # transformers on its own
 # ------------------------------------------------------------------------------------------------
 
 
-def test_transformers_left_padded_batch_equals_one_by_one(smol_hf, chat_prompts) -> None:
-    batched = smol_hf.generate(chat_prompts, GREEDY)
-    single = smol_hf.generate(chat_prompts, GenerateConfig(max_new_tokens=16, batch_size=1))
-    assert batched == single
+def test_transformers_left_padded_batch_equals_one_by_one(tiny) -> None:
+    prompts = ["Hi", "Once upon a time there was a", "The capital of France is a city called"]
+    batched = tiny.generate(prompts, GREEDY)
+    single = tiny.generate(prompts, GenerateConfig(max_new_tokens=16, batch_size=1))
+    assert batched == single and len({row[0].token_ids for row in batched}) == 3
 
 
 def test_transformers_sampling_seed_is_honoured(tiny) -> None:
@@ -286,3 +240,63 @@ def test_cli_generate_then_reuse(models, tmp_path, capsys) -> None:
     assert "reused from cache │ 2" in capsys.readouterr().err
     assert main([*args[:-1], "--n", "2", "--no-progress"]) == 2
     assert "identical completions" in capsys.readouterr().err
+
+
+def test_cli_takes_the_configs_held_out_prompts(models, tmp_path) -> None:
+    from harness.config import load_config
+    from harness.data import load_sources, split_pairs
+
+    out = tmp_path / "gen.jsonl"
+    overrides = [f"model.path={models['tiny-llama-random']}", "generate.generator=transformers", "data.eval_prompts=3"]
+    assert main(["generate", *overrides, "--out", str(out), "--max-new-tokens", "2", "--no-progress"]) == 0
+    cfg = load_config(None, overrides)
+    pairs, _ = load_sources(cfg.data)
+    held_out = split_pairs(pairs, seed=cfg.data.split_seed, scorer_fraction=cfg.data.scorer_fraction,
+                           eval_prompts=3).eval_prompts
+    assert [r["prompt_id"] for r in read_rows(out)] == [p.prompt_id for p in held_out]
+
+
+# ------------------------------------------------------------------------------------------------
+# vLLM against transformers on the same real model
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.vllm
+def test_vllm_greedy_equals_transformers_token_for_token(smol_vllm, smol_transformers) -> None:
+    ours = smol_transformers["greedy"]
+    theirs = smol_vllm.generate(smol_transformers["prompts"], GREEDY)
+    assert [[c.token_ids for c in row] for row in theirs] == [[c.token_ids for c in row] for row in ours]
+    assert [[(c.text, c.finish_reason) for c in row] for row in theirs] == \
+        [[(c.text, c.finish_reason) for c in row] for row in ours]
+    # Both ways of ending are covered: an end-of-turn token and the token limit.
+    reasons = {row[0].finish_reason for row in ours}
+    assert reasons == {"stop", "length"}, reasons
+    assert "Paris" in ours[0][0].text
+
+
+@pytest.mark.vllm
+def test_vllm_and_transformers_cut_stop_strings_alike(smol_vllm, smol_transformers) -> None:
+    ours, theirs = smol_transformers["stop"], smol_vllm.generate(smol_transformers["prompts"], STOP)
+    assert [r[0] for r in theirs] == [r[0] for r in ours]
+    assert ours[0][0].finish_reason == "stop" and "Paris" not in ours[0][0].text
+
+
+@pytest.mark.vllm
+def test_vllm_sampling_seed_is_honoured(smol_vllm, smol_transformers) -> None:
+    chat_prompts = smol_transformers["prompts"]
+    settings = GenerateConfig(n=2, temperature=1.0, max_new_tokens=12, seed=3)
+    first = smol_vllm.generate(chat_prompts[2:], settings)
+    again = smol_vllm.generate(chat_prompts[2:], settings)
+    other = smol_vllm.generate(chat_prompts[2:], GenerateConfig(n=2, temperature=1.0, max_new_tokens=12, seed=4))
+    assert first == again
+    assert first != other
+    assert all(len(row) == 2 and row[0].token_ids != row[1].token_ids for row in first)
+
+
+def test_auto_picks_vllm_only_for_models_it_runs(models, stories260k) -> None:
+    pytest.importorskip("vllm")
+    assert pick_generator("auto", models["tiny-llama-random"])[0] == "vllm"
+    name, why = pick_generator("auto", str(stories260k))
+    assert name == "transformers" and "head_dim 8" in why
+    with pytest.raises(UserError, match="head_dim 8"):
+        VLLMGenerator(str(stories260k))  # refused before an engine starts
