@@ -152,6 +152,9 @@ class GenerateConfig:
     seed: int = 0
     stop: tuple[str, ...] = ()
     batch_size: int = 16
+    # Prompts longer than this many tokens lose their earliest turns (harness.data.fit_prompt);
+    # null = the model's context length minus max_new_tokens.
+    max_prompt_tokens: Optional[int] = None
     # GPUs one vLLM engine spreads a model over (vLLM only; the transformers generator needs 1).
     tensor_parallel_size: int = 1
 

@@ -591,3 +591,39 @@ def render_response(text: str, tokenizer: Any, use_chat_template: bool) -> str:
     before, after = full[len(head):].split(_PROBE, 1)
     after = after.rstrip()
     return before + text + (after or eos)
+
+
+def fit_prompt(messages: Sequence[Message], tokenizer: Any, use_chat_template: bool,
+               max_tokens: int) -> tuple[tuple[Message, ...], bool]:
+    """The prompt, shortened to at most `max_tokens` rendered tokens for generation; (prompt, was_cut).
+
+    Rule: drop the earliest turns (keeping a leading system message) while more than the final user
+    message remains; if that message alone is still too long, keep the END of its text (the part
+    nearest the reply), as training keeps the end of a long prompt.
+    """
+    def n_tokens(msgs: Sequence[Message]) -> int:
+        text = render_prompt(msgs, tokenizer, use_chat_template)
+        return len(tokenizer(text, add_special_tokens=not uses_chat_template(tokenizer, use_chat_template))["input_ids"])
+
+    msgs = list(messages)
+    if n_tokens(msgs) <= max_tokens:
+        return tuple(messages), False
+    system = msgs[:1] if msgs[0]["role"] == "system" else []
+    turns = msgs[len(system):]
+    while len(turns) > 1 and n_tokens(system + turns) > max_tokens:
+        turns = turns[1:]
+        if turns[0]["role"] == "assistant":  # a conversation restarts with the user
+            turns = turns[1:]
+    last = dict(turns[-1])
+    text = last["content"]
+    lo, hi = 0, len(text)  # binary search for the longest suffix of the text that fits
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if n_tokens(system + turns[:-1] + [{**last, "content": text[mid:]}]) <= max_tokens:
+            hi = mid
+        else:
+            lo = mid + 1
+    if lo >= len(text):
+        raise UserError(f"a prompt cannot fit in {max_tokens} tokens even when cut to its last message. "
+                        "Raise generate.max_prompt_tokens or lower generate.max_new_tokens.")
+    return tuple(system + turns[:-1] + [{**last, "content": text[lo:]}]), True

@@ -75,7 +75,7 @@ def sweep_fields(cfg: RunConfig) -> dict[str, dict[str, Any]]:
                         **{f"train.{k}": train[k] for k in train if k != "lora"}}
     keys = sorted({k for d in flat.values() for k in d})
     varying = [k for k in keys if len({repr(d.get(k)) for d in flat.values()}) > 1]
-    return {name: {k: d.get(k) for k in varying} for name, d in flat.items()}
+    return {name: {k: d[k] for k in varying if k in d} for name, d in flat.items()}
 
 
 def _source_hash(path: str) -> str:
@@ -268,15 +268,33 @@ class Pipeline:
 
     def generate(self, name: str) -> None:
         from evaluators.generation_cache import generate_to_file
-        from evaluators.generators import build_generator
+        from evaluators.generators import build_generator, context_length
 
         generator = build_generator(self.policy_path(name), self.cfg.model, self.cfg.generate, console=self.console)
         try:
-            generate_to_file(generator, self.prompts(), self.run.path("generations", f"{name}.jsonl"),
+            prompts = self.fitted_prompts(generator.tokenizer, context_length(generator.config))
+            generate_to_file(generator, prompts, self.run.path("generations", f"{name}.jsonl"),
                              self.cfg.generate, use_chat_template=self.cfg.model.use_chat_template,
                              progress=self.progress)
         finally:
             generator.close()
+
+    def fitted_prompts(self, tokenizer: Any, context: int | None) -> list[PromptRecord]:
+        """Evaluation prompts shortened to the generation budget (earliest turns dropped first)."""
+        from harness.data import fit_prompt
+
+        gen = self.cfg.generate
+        budget = gen.max_prompt_tokens or (context - gen.max_new_tokens if context else None)
+        if budget is None:
+            return self.prompts()
+        fitted, cut = [], 0
+        for p in self.prompts():
+            prompt, was_cut = fit_prompt(p.prompt, tokenizer, self.cfg.model.use_chat_template, budget)
+            cut += was_cut
+            fitted.append(PromptRecord(p.prompt_id, prompt, p.source, p.meta))
+        if cut:
+            self.console.print(f"{cut} of {len(fitted)} prompts shortened to {budget} tokens (earliest turns dropped)")
+        return fitted
 
     def scorer_path(self, s: ScorerConfig) -> str:
         return str(self.run.path("scorers", s.name)) if s.path == TRAINED_SCORER else s.path
@@ -306,23 +324,17 @@ def summarize(run_root: Path, console: Console) -> None:
     results_path = run_root / "results.json"
     if not results_path.exists():
         return
-    results = read_json(results_path)
-    rows = results.get("leaderboard", {})
-    table = Table(title=f"leaderboard: {run_root}")
+    leaderboard = read_json(results_path)["leaderboard"]
+    headline = (".mean", ".safe_rate", ".win_vs_baseline")
+    names = [k for k in leaderboard[0]["metrics"] if k.endswith(headline) and not k.startswith(("train.", "length."))]
+    table = Table(title=f"leaderboard (95% CI): {run_root / 'report' / 'leaderboard.md'}")
     table.add_column("variant", style="bold")
-    metric_names: list[str] = []
-    for metrics in rows.values():
-        for k, v in metrics.items():
-            if isinstance(v, dict) and "mean" in v and k not in metric_names and not k.startswith("train/"):
-                metric_names.append(k)
-    for m in metric_names:
-        table.add_column(m, justify="right")
-    for variant, metrics in rows.items():
+    for name in names:
+        table.add_column(name, justify="right")
+    for row in leaderboard:
         cells = []
-        for m in metric_names:
-            v = metrics.get(m)
-            cells.append("" if not v or v.get("mean") is None else
-                         f"{v['mean']:.3f} [{v['ci_low']:.3f}, {v['ci_high']:.3f}]" if v.get("ci_low") is not None
-                         else f"{v['mean']:.3f}")
-        table.add_row(variant, *cells)
+        for name in names:
+            m = row["metrics"].get(name)
+            cells.append("—" if not m else f"{m['value']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}]")
+        table.add_row(row["variant"], *cells)
     console.print(table)

@@ -248,7 +248,8 @@ class _TrainLogWriter(TrainerCallback):
                **kwargs: Any) -> None:
         if not state.is_world_process_zero or not logs or "loss" not in logs:
             return
-        row = {"step": state.global_step, **logs}
+        # Every schema field is present; those a loss has no value for (lambda for DPO) are null.
+        row = {**dict.fromkeys(TRAIN_LOG_FIELDS), "step": state.global_step, **logs}
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(row, sort_keys=True, allow_nan=False) + "\n")
 
