@@ -22,6 +22,7 @@ from harness.models import resolve_model_path
 from harness.records import GENERATION_FIELDS, PromptRecord
 
 GREEDY = GenerateConfig(max_new_tokens=16, batch_size=4)
+CACHED = GenerateConfig(max_new_tokens=8, batch_size=4)  # the cache tests: few tokens, two batches of 4
 QUESTIONS = ["What is the capital of France?", "Reply with one word: is fire hot?",
              "Write a haiku about the sea.", "How do I bake bread?"]
 
@@ -138,19 +139,19 @@ def test_second_run_generates_nothing(tiny, tmp_path) -> None:
 
 def test_deleted_rows_are_the_only_ones_regenerated(tiny, tmp_path) -> None:
     out = tmp_path / "gen.jsonl"
-    generate_to_file(tiny, prompt_records(6), out, GREEDY, progress=False)
+    generate_to_file(tiny, prompt_records(6), out, CACHED, progress=False)
     full = read_rows(out)
     out.write_text("".join(json.dumps(r) + "\n" for r in full[::2]))  # keep p0, p2, p4
 
     tiny.prompts_generated = 0
-    stats = generate_to_file(tiny, prompt_records(6), out, GREEDY, progress=False)
+    stats = generate_to_file(tiny, prompt_records(6), out, CACHED, progress=False)
     assert tiny.prompts_generated == 3 and stats.rows_generated == 3 and stats.rows_reused == 3
     assert read_rows(out) == full
 
 
 def test_changed_settings_or_prompt_text_miss_the_cache(tiny, tmp_path) -> None:
     out = tmp_path / "gen.jsonl"
-    generate_to_file(tiny, prompt_records(3), out, GREEDY, progress=False)
+    generate_to_file(tiny, prompt_records(3), out, CACHED, progress=False)
     tiny.prompts_generated = 0
     generate_to_file(tiny, prompt_records(3), out, GenerateConfig(max_new_tokens=5), progress=False)
     assert tiny.prompts_generated == 3
@@ -163,19 +164,19 @@ def test_changed_settings_or_prompt_text_miss_the_cache(tiny, tmp_path) -> None:
 
 def test_resume_after_crash_with_truncated_partial_line(models, tiny, tmp_path) -> None:
     uninterrupted = tmp_path / "ref.jsonl"
-    generate_to_file(tiny, prompt_records(6), uninterrupted, GREEDY, progress=False)
+    generate_to_file(tiny, prompt_records(6), uninterrupted, CACHED, progress=False)
 
     out = tmp_path / "gen.jsonl"
     with CrashingTransformers(models["tiny-llama-random"]) as crashing:
         with pytest.raises(RuntimeError, match="simulated crash"):
-            generate_to_file(crashing, prompt_records(6), out, GREEDY, progress=False)
+            generate_to_file(crashing, prompt_records(6), out, CACHED, progress=False)
     side = partial_path(out)
     assert not out.exists() and len(read_rows(side)) == 4  # the first batch of 4 was saved
     text = side.read_text()
     side.write_text(text[: len(text) - 25])  # the last row is cut mid-line, as a crash mid-write leaves it
 
     tiny.prompts_generated = 0
-    stats = generate_to_file(tiny, prompt_records(6), out, GREEDY, progress=False)
+    stats = generate_to_file(tiny, prompt_records(6), out, CACHED, progress=False)
     assert tiny.prompts_generated == 3 and stats.rows_reused == 3
     assert out.read_bytes() == uninterrupted.read_bytes() and not side.exists()
 
@@ -211,7 +212,7 @@ def test_bad_prompts_are_named(tiny, tmp_path) -> None:
     with pytest.raises(UserError, match=r"prompt 'p0': .* exceed the model's context of 2048"):
         generate_to_file(tiny, prompt_records(2), out, GenerateConfig(max_new_tokens=2040), progress=False)
     with pytest.raises(UserError, match=r"duplicate prompt_id"):
-        generate_to_file(tiny, prompt_records(2) * 2, out, GREEDY, progress=False)
+        generate_to_file(tiny, prompt_records(2) * 2, out, CACHED, progress=False)
     assert not out.exists() and not partial_path(out).exists()
 
     bad = tmp_path / "prompts.jsonl"
@@ -225,7 +226,7 @@ def test_bad_prompts_are_named(tiny, tmp_path) -> None:
     side = partial_path(out)
     side.write_text('not json\n{"prompt_id": "x"}\n')
     with pytest.raises(UserError, match=r"partial.jsonl:1: invalid JSON in the middle"):
-        generate_to_file(tiny, prompt_records(2), out, GREEDY, progress=False)
+        generate_to_file(tiny, prompt_records(2), out, CACHED, progress=False)
 
 
 def test_cli_generate_then_reuse(models, tmp_path, capsys) -> None:
