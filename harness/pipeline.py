@@ -254,7 +254,8 @@ class Pipeline:
         eval_pairs = [p for p in self.pairs("eval_pairs") if not s.train_sources or p.source in s.train_sources]
         train_bt_scorer(pairs, s.score_type, self.run.path("scorers", s.name), max_steps=s.train_steps,
                         batch_size=s.train_batch_size, lr=s.train_learning_rate, max_length=s.train_max_length,
-                        seed=self.cfg.data.split_seed, eval_pairs=eval_pairs, progress=self.progress, overwrite=True)
+                        seed=self.cfg.data.split_seed, eval_pairs=eval_pairs, progress=self.progress, overwrite=True,
+                        backbone=s.train_backbone)
 
     def train(self, u: Unit) -> None:
         from trainers.trainer import train_policy
