@@ -5,9 +5,9 @@
 Measured here (each point a fresh one-thread process running `train_policy`, float32, 2 pairs per
 step), then fitted and extrapolated with these formulas:
 
-- time per step  t = c * F * tokens, F = 6 N + 12 L H T model FLOPs per token (bench.gpu_throughput),
-  so c is seconds per FLOP on this machine: linear in model size, in tokens, and (attention term)
-  quadratic in T only when 12 L H T is comparable to 6 N.
+- time per step  t = t0 + c * F * tokens, F = 6 N + 12 L H T model FLOPs per token
+  (bench.gpu_throughput): t0 a fixed per-step cost, c seconds per FLOP on this machine. Linear in
+  model size and in tokens; quadratic in T only once 12 L H T is comparable to 6 N.
 - memory  M = M0 + b * N + a * tokens: weights, gradients and AdamW's two moments are 16 bytes per
   parameter in float32 (b = 16), plus activations and the [rows, T, vocab] logits growing with
   tokens. b and a are least-squares fits of (peak - imports-only resident set).
@@ -63,10 +63,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     points = [point(h, layers, base_seq, args.steps, args.warmup, args.threads) for h, layers in sizes]
     points += [point(*mid, seq, args.steps, args.warmup, args.threads) for seq in seqs if seq != base_seq]
 
-    # Time: seconds per model FLOP, fitted through the origin.
-    flops = np.array([p["flops_per_step"] for p in points])
+    # Time: a fixed per-step cost (Python, data, optimizer bookkeeping) plus seconds per model FLOP.
+    flops = np.array([p["flops_per_step"] for p in points], dtype=float)
     cpu = np.array([p["step_cpu_s"] for p in points])
-    sec_per_flop = float(flops @ cpu / (flops @ flops))
+    (t0, sec_per_flop), *_ = np.linalg.lstsq(np.stack([np.ones_like(flops), flops], 1), cpu, rcond=None)
     # Memory: peak - imports = M0 + b * params + a * tokens.
     design = np.array([[1.0, p["params"], p["tokens"]] for p in points])
     mem = np.array([(p["peak_rss_mb"] - imports) * 2**20 for p in points])
@@ -75,10 +75,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     flops_7b = flops_per_token(LLAMA_7B, 1024) * tokens_7b
     results = {
         "imports_only_rss_mb": imports, "points": points,
-        "fit": {"cpu_seconds_per_gflop": sec_per_flop * 1e9, "achieved_gflops_per_s": 1 / sec_per_flop / 1e9,
-                "max_rel_error_time_fit": float(np.max(np.abs(sec_per_flop * flops - cpu) / cpu)),
+        "fit": {"step_fixed_cpu_s": t0, "cpu_seconds_per_gflop": sec_per_flop * 1e9,
+                "marginal_gflops_per_s": 1 / sec_per_flop / 1e9,
+                "max_rel_error_time_fit": float(np.max(np.abs(t0 + sec_per_flop * flops - cpu) / cpu)),
                 "memory_M0_mb": m0 / 2**20, "memory_bytes_per_param": b, "memory_bytes_per_token": a},
-        "extrapolated_7b": {"step_flops": flops_7b, "step_seconds_this_cpu_one_thread": sec_per_flop * flops_7b,
+        "extrapolated_7b": {"step_flops": flops_7b, "step_seconds_this_cpu_one_thread": t0 + sec_per_flop * flops_7b,
                             "step_seconds_h100_at_35pct_mfu": flops_7b / (0.35 * 989.4e12),
                             # fp32 or mixed precision: 16 bytes/param (weights, grads, fp32 master and
                             # AdamW moments); LoRA: the frozen bf16 weights, 2 bytes/param.
