@@ -123,7 +123,14 @@ def _read_partial(path: Path) -> list[dict[str, Any]]:
 def _existing_rows(out: Path, side: Path) -> tuple[dict[tuple[str, int], dict[str, Any]], list[dict[str, Any]]]:
     """(cache_key, sample_idx) -> row from the output file and the side file; and the side file's rows."""
     partial = _read_partial(side)
-    final = [row for _, row in iter_jsonl(out)] if out.exists() else []
+    final = []
+    if out.exists():
+        for lineno, row in iter_jsonl(out):
+            # Refuse to overwrite a file that is not ours (a mistyped --out), rather than lose it.
+            if not all(f in row for f in GENERATION_FIELDS):
+                raise UserError(f"{out}:{lineno}: not a generations file (expected fields "
+                                f"{', '.join(GENERATION_FIELDS)}). Choose another output path or move that file.")
+            final.append(row)
     found = {(r.get("cache_key"), r.get("sample_idx")): r for r in final + partial}
     return found, partial
 

@@ -223,6 +223,12 @@ def test_bad_prompts_are_named(tiny, tmp_path) -> None:
     with pytest.raises(UserError, match=r"prompts.jsonl:1: the prompt's last message must be the user's"):
         read_prompt_records(bad)
 
+    out.write_text('{"id": 1, "text": "the user\'s own data"}\n')
+    with pytest.raises(UserError, match=r"gen.jsonl:1: not a generations file"):
+        generate_to_file(tiny, prompt_records(2), out, CACHED, progress=False)
+    assert "the user's own data" in out.read_text()
+    out.unlink()
+
     side = partial_path(out)
     side.write_text('not json\n{"prompt_id": "x"}\n')
     with pytest.raises(UserError, match=r"partial.jsonl:1: invalid JSON in the middle"):
