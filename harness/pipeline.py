@@ -149,7 +149,9 @@ class Pipeline:
             stages.append(st)
             policy_fp[u.name] = st.fingerprint
 
-        gen = {k: v for k, v in to_dict(cfg.generate).items() if k not in ("generator", "batch_size")}
+        # Settings that change only speed, not output, stay out of the fingerprint.
+        gen = {k: v for k, v in to_dict(cfg.generate).items()
+               if k not in ("generator", "batch_size", "tensor_parallel_size")}
         gen_fp = {}
         for name, pfp in policy_fp.items():
             st = Stage(f"generate/{name}", {"policy": pfp, "generate": gen, "data": data_stage.fingerprint,

@@ -86,6 +86,7 @@ GENERATION_FIELDS = (
     "n_tokens",       # int, completion tokens
     "finish_reason",  # "stop" | "length"
     "cache_key",      # str, hash of model + prompt + sampling settings + engine version
+    "sampling",       # dict, the sampling settings (n, temperature, top_p, max_new_tokens, seed, stop, engine)
 )
 
 # scores/<unit>.<scorer>.jsonl rows:
