@@ -102,6 +102,9 @@ class LoraConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     max_steps: int = 20
+    # When set, train this many passes over the training pairs instead (max_steps is then derived:
+    # ceil(epochs x pairs / (batch_size x grad_accum x processes))).
+    epochs: Optional[float] = None
     batch_size: int = 4
     grad_accum: int = 1
     learning_rate: float = 5e-5
@@ -125,6 +128,8 @@ class TrainConfig:
                 raise ValueError(f"{name}: must be at least 1")
         if self.learning_rate <= 0:
             raise ValueError("learning_rate: must be positive")
+        if self.epochs is not None and self.epochs <= 0:
+            raise ValueError("epochs: must be positive or null")
         if self.max_prompt_length >= self.max_length:
             raise ValueError("max_prompt_length: must be smaller than max_length")
 

@@ -7,6 +7,8 @@ import dataclasses
 import pytest
 import yaml
 
+from tests.conftest import REPO
+
 from harness.config import (
     ConfigError, RunConfig, TrainConfig, dump_config, from_dict, load_config, load_dict,
     split_config_arg, to_dict, variant_train_config,

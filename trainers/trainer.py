@@ -421,6 +421,11 @@ def train_policy(model_cfg: ModelConfig, train_cfg: TrainConfig, variant: Varian
     tokenized, stats = tokenize_pairs(pairs, tokenizer, use_chat_template=model_cfg.use_chat_template,
                                       max_length=train_cfg.max_length, max_prompt_length=train_cfg.max_prompt_length)
     log.info("tokenisation: %s", stats.summary())
+    if train_cfg.epochs is not None:
+        per_step = train_cfg.batch_size * train_cfg.grad_accum * int(os.environ.get("WORLD_SIZE", "1"))
+        steps = max(1, math.ceil(train_cfg.epochs * len(tokenized) / per_step))
+        train_cfg = dataclasses.replace(train_cfg, max_steps=steps)
+        log.info("%s epochs of %d pairs = %d optimiser steps", train_cfg.epochs, len(tokenized), steps)
     dtype = _dtype(model_cfg)
     base_hash = model_hash(model_dir, cache_dir)
     tokens_hash = tokenization_hash(tokenized)
