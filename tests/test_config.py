@@ -111,3 +111,9 @@ def test_synthetic_methods_are_checked(tmp_path):
     data = {**BASE, "synthetic": {"baseline": "x", "methods": [{"name": "x", "loss": "bdpo", "params": {"clip": 0.9}}]}}
     with pytest.raises(ConfigError, match=r"synthetic.methods.x.params.clip"):
         load_config(write(tmp_path, data))
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "configs").glob("*.yaml")))
+def test_shipped_configs_are_valid(name):
+    """Every config in configs/ parses and names only registered losses, formats and scorers."""
+    load_config(str(REPO / "configs" / name))
