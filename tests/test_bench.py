@@ -47,14 +47,14 @@ def test_long_pairs_fill_max_length(tiny_llama: str) -> None:
 
 
 def test_train_project_times_every_step_cached_and_resident(tiny_llama: str, tmp_path: Path) -> None:
-    cached = common.train_project(tiny_llama, steps=3, batch=2, max_length=32, max_prompt_length=16,
+    cached = common.train_project(tiny_llama, steps=2, batch=2, max_length=32, max_prompt_length=16,
                                   cache=str(tmp_path))
-    assert len(cached["step_times"]) == len(cached["step_cpu_times"]) == 3
+    assert len(cached["step_times"]) == len(cached["step_cpu_times"]) == 2
     assert all(t > 0 for t in cached["step_times"]) and cached["tokens_per_step"] == 2 * 2 * 32
     assert not cached["ref_cache_hit"] and cached["base_rss_mb"] > 0
-    resident = common.train_project(tiny_llama, steps=3, batch=2, max_length=32, max_prompt_length=16,
+    resident = common.train_project(tiny_llama, steps=2, batch=2, max_length=32, max_prompt_length=16,
                                     cache=str(tmp_path), resident_reference=True, loss="bdpo", params={"clip": 0.3})
-    assert resident["ref_cache_hit"] and len(resident["step_times"]) == 3
+    assert resident["ref_cache_hit"] and len(resident["step_times"]) == 2
     import trainers.trainer
 
     assert trainers.trainer.PreferenceTrainer.__name__ == "PreferenceTrainer"  # the patch was undone
@@ -85,7 +85,7 @@ def test_reference_precompute_second_call_hits_the_cache(tiny_llama: str, tmp_pa
 def test_scoring_naive_and_bucketed_agree_and_bucketing_pads_less(tmp_path: Path) -> None:
     from bench.scoring import measure, minilm_classifier
 
-    out = measure(minilm_classifier(), n=12, batch=4, repeats=1)
+    out = measure(minilm_classifier(), n=8, batch=4, repeats=1)
     assert out["max_abs_score_diff"] < 1e-4
     assert out["padded_tokens"]["bucketed"] <= out["padded_tokens"]["naive"]
     assert out["padded_tokens"]["bucketed"] >= out["real_tokens"]
