@@ -26,6 +26,7 @@ from typing import Any, Callable, Sequence, Union
 import torch
 
 from harness.config import ScorerConfig
+from harness.data import render_prompt
 from harness.errors import UserError
 from harness.models import check_weights_safe, load_kwargs
 from harness.records import Message, PreferencePair
@@ -38,6 +39,14 @@ Prompt = Union[str, Sequence[Message]]
 Encoding = dict[str, list[int]]
 
 SCORER_FILE = "scorer.json"
+
+
+class ScoreError(UserError):
+    """A scorer output that is not one finite number per row; `row` indexes the inputs of `score`."""
+
+    def __init__(self, scorer: str, reason: str, row: int) -> None:
+        super().__init__(f"scorer {scorer}: {reason} (input row {row}).")
+        self.scorer, self.reason, self.row = scorer, reason, row
 
 
 def as_messages(prompt: Prompt) -> list[Message]:
@@ -63,9 +72,7 @@ PROMPT_TEMPLATES: Registry[Callable[[list[Message]], str]] = Registry("prompt te
 @PROMPT_TEMPLATES.register("hh")
 def hh_template(messages: list[Message]) -> str:
     """Anthropic HH-RLHF dialogue text, '\\n\\nHuman: ...\\n\\nAssistant: ...', ending '\\n\\nAssistant:'."""
-    names = {"user": "Human", "assistant": "Assistant"}
-    turns = "".join(f"\n\n{names.get(m['role'], 'Human')}: {m['content']}" for m in messages)
-    return f"{turns}\n\nAssistant:"
+    return render_prompt(messages, None, use_chat_template=False)
 
 
 @PROMPT_TEMPLATES.register("qa")
@@ -84,7 +91,10 @@ def encode_pair(tokenizer: Any, template: str, prompt: Prompt, response: str, ma
     of the conversation (what a preference is about) survive. Used by training and scoring alike.
     """
     tokenizer.truncation_side = "left"
-    text = PROMPT_TEMPLATES.get(template)(as_messages(prompt))
+    messages = as_messages(prompt)
+    if not messages or messages[-1]["role"] != "user":
+        raise UserError(f"scorer input: the prompt must end with the user's message, got {messages[-1:]!r}.")
+    text = PROMPT_TEMPLATES.get(template)(messages)
     return dict(tokenizer(text, response, truncation="longest_first", max_length=max_length))
 
 
@@ -148,14 +158,13 @@ class Scorer:
             rows = order[start:start + self.batch_size]
             batch = self.tokenizer.pad([encodings[i] for i in rows], return_tensors="pt")
             values = self._forward({k: v.to(self.device) for k, v in batch.items()})
+            who = f"'{self.name}' ({self.path})"
             if tuple(values.shape) != (len(rows),):
-                raise UserError(f"scorer '{self.name}' ({self.path}): the model returned shape "
-                                f"{list(values.shape)} for a batch of {len(rows)} (rows {rows[0]}...); expected one "
-                                "score per row. Use a model with a single output (num_labels=1).")
+                raise ScoreError(who, f"the model returned shape {list(values.shape)} for a batch of {len(rows)}, "
+                                      "expected one score per input; use a model with a single output", rows[0])
             for row, value in zip(rows, values.float().cpu().tolist()):
                 if not math.isfinite(value):
-                    raise UserError(f"scorer '{self.name}' ({self.path}): non-finite score {value} for row {row} "
-                                    f"(response {responses[row][:40]!r}). Check the model's weights and dtype.")
+                    raise ScoreError(who, f"non-finite score {value}; check the model's weights and dtype", row)
                 scores[row] = value
         return scores
 

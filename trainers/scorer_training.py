@@ -56,23 +56,6 @@ def minilm_path() -> str:
     return str(Path(spec.origin).parent / "model")
 
 
-def split_by_prompt(pairs: Sequence[PreferencePair], n_eval: int, seed: int) -> tuple[list[PreferencePair], list[PreferencePair]]:
-    """(train, held-out): whole prompts go to one side, so no held-out prompt was seen in training.
-
-    Prompts are shuffled with `seed`; held-out prompts are taken until `n_eval` pairs are reached.
-    """
-    by_prompt: dict[str, list[PreferencePair]] = {}
-    for p in pairs:
-        by_prompt.setdefault(repr(p.prompt), []).append(p)
-    keys = sorted(by_prompt)
-    random.Random(seed).shuffle(keys)
-    train: list[PreferencePair] = []
-    held: list[PreferencePair] = []
-    for key in keys:
-        (held if len(held) < n_eval else train).extend(by_prompt[key])
-    return train, held
-
-
 def bt_loss(chosen: torch.Tensor, rejected: torch.Tensor, score_type: str,
             chosen_sign: torch.Tensor | None = None, rejected_sign: torch.Tensor | None = None) -> torch.Tensor:
     """Mean Bradley-Terry loss over a batch of pairs.
@@ -138,7 +121,7 @@ def train_bt_scorer(pairs: Sequence[PreferencePair], score_type: str, out_dir: s
     out_dir = Path(out_dir)
     tmp = _prepare_out_dir(out_dir, overwrite)
     try:
-        meta = _train(pairs, score_type, out_dir.name, tmp, max_steps=max_steps, batch_size=batch_size, lr=lr,
+        meta = _train(pairs, score_type, tmp, max_steps=max_steps, batch_size=batch_size, lr=lr,
                       max_length=max_length, seed=seed, eval_pairs=eval_pairs, progress=progress,
                       template=template, warmup_ratio=warmup_ratio, bf16=bf16, backbone=backbone)
     except BaseException:
@@ -150,7 +133,7 @@ def train_bt_scorer(pairs: Sequence[PreferencePair], score_type: str, out_dir: s
     return meta
 
 
-def _train(pairs: Sequence[PreferencePair], score_type: str, name: str, tmp: Path, *, max_steps: int,
+def _train(pairs: Sequence[PreferencePair], score_type: str, tmp: Path, *, max_steps: int,
            batch_size: int, lr: float, max_length: int, seed: int, eval_pairs: Sequence[PreferencePair],
            progress: bool, template: str, warmup_ratio: float, bf16: bool, backbone: str | None) -> dict[str, Any]:
     """The body of train_bt_scorer, writing into the temporary folder `tmp`."""
@@ -168,7 +151,11 @@ def _train(pairs: Sequence[PreferencePair], score_type: str, name: str, tmp: Pat
     signs = torch.tensor([[safety_sign(p, "chosen_safe"), safety_sign(p, "rejected_safe")] for p in pairs])
     labelled = int((signs != 0).any(dim=1).sum())
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    # The token-embedding matrix (half of MiniLM's weights) stays frozen: a few thousand pairs cannot
+    # teach 30k token vectors much, and its dense gradient and Adam state would double the step time.
+    model.get_input_embeddings().weight.requires_grad_(False)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.01, foreach=True)
     warmup = max(1, int(warmup_ratio * max_steps))
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: min((step + 1) / warmup, max(0.0, (max_steps - step) / max(1, max_steps - warmup))))
@@ -190,7 +177,7 @@ def _train(pairs: Sequence[PreferencePair], score_type: str, name: str, tmp: Pat
         loss = bt_loss(chosen, rejected, score_type, *signs[rows].T.to(model.device)) if labelled else \
             bt_loss(chosen, rejected, score_type)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
@@ -218,14 +205,14 @@ def _train(pairs: Sequence[PreferencePair], score_type: str, name: str, tmp: Pat
         "training": {"n_pairs": len(pairs), "n_safety_labelled": labelled,
                      "data_sha256": sha256_json([p.to_dict() for p in pairs]), "max_steps": max_steps,
                      "batch_size": batch_size, "lr": lr, "warmup_ratio": warmup_ratio, "bf16_autocast": bf16,
-                     "seed": seed,
+                     "seed": seed, "frozen": ["token embeddings"],
                      "final_loss": sum(losses[-20:]) / len(losses[-20:]), "seconds": round(train_seconds, 1)},
         "provenance": environment(),
     }
     atomic_write_json(tmp / SCORER_FILE, meta)
 
     # Calibrate and evaluate through the saved folder, i.e. exactly as the scorer will be used.
-    scorer = BradleyTerryScorer(str(tmp), ScorerConfig(name=name, score_type=score_type))
+    scorer = BradleyTerryScorer(str(tmp), ScorerConfig(name=score_type, score_type=score_type))
     meta["offset"], meta["calibration"] = _calibrate(scorer, pairs, labelled)
     scorer.offset = meta["offset"]
     meta["heldout"] = None

@@ -1,0 +1,100 @@
+"""`bdpo score`: score a generations file with a reward or cost model."""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+
+NAME = "score"
+HELP = "Score generations (prompt, response) with a reward or cost model; write one score per row."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--generations", required=True, help="generations JSONL (prompt_id, sample_idx, prompt, response)")
+    parser.add_argument("--scorer", required=True, metavar="TYPE:PATH",
+                        help="scorer type and model folder, e.g. bradley-terry:scorers/hh-reward or beaver:/models/"
+                             "beaver-7b-v1.0-cost (`bdpo ls scorer` lists types)")
+    parser.add_argument("--score-type", choices=["reward", "cost"], default="reward",
+                        help="reward: higher = more helpful; cost: higher = more harmful (must match the model)")
+    parser.add_argument("--threshold", type=float, default=0.0, help="a response is safe when cost <= threshold")
+    parser.add_argument("--prompts", default=None,
+                        help="prompts JSONL (prompt_id, prompt as chat messages), e.g. a run's data/prompts.jsonl: "
+                             "the scorer then sees the conversation instead of the generator's rendered prompt text")
+    parser.add_argument("--batch-size", type=int, default=32, help="inputs per forward pass (length-bucketed)")
+    parser.add_argument("--name", default=None, help="scorer label in messages (default: the score type)")
+    parser.add_argument("--out", required=True, help="scores JSONL to write (prompt_id, sample_idx, score)")
+
+
+def read_prompts(path: str) -> dict[str, tuple]:
+    """prompt_id -> chat messages, from a PromptRecord JSONL file."""
+    from harness.errors import UserError
+    from harness.io import iter_jsonl
+    from harness.records import require_fields
+
+    prompts = {}
+    for lineno, row in iter_jsonl(path):
+        require_fields(row, ("prompt_id", "prompt"), f"{path}:{lineno}")
+        if not isinstance(row["prompt"], list):
+            raise UserError(f"{path}:{lineno}: field 'prompt' must be a list of chat messages.")
+        prompts[str(row["prompt_id"])] = tuple(row["prompt"])
+    return prompts
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from evaluators.scorers import ScoreError, build_scorer
+    from harness.config import ScorerConfig
+    from harness.errors import UserError
+    from harness.io import atomic_write_jsonl, iter_jsonl
+    from harness.records import SCORE_FIELDS, require_fields
+
+    kind, sep, path = args.scorer.partition(":")
+    if not sep or not path:
+        raise UserError(f"--scorer '{args.scorer}': expected TYPE:PATH, e.g. bradley-terry:scorers/hh-reward.")
+    if args.batch_size < 1:
+        raise UserError("--batch-size: must be at least 1.")
+    prompts = read_prompts(args.prompts) if args.prompts else None
+    rows, inputs, lines = [], [], []
+    for lineno, row in iter_jsonl(args.generations):
+        where = f"{args.generations}:{lineno}"
+        require_fields(row, ("prompt_id", "sample_idx", "prompt", "response"), where)
+        if not isinstance(row["response"], str):
+            raise UserError(f"{where}: field 'response' must be a string.")
+        prompt = row["prompt"]
+        if prompts is not None:
+            if str(row["prompt_id"]) not in prompts:
+                raise UserError(f"{where}: prompt_id {row['prompt_id']!r} is not in {args.prompts}.")
+            prompt = prompts[str(row["prompt_id"])]
+        rows.append({"prompt_id": row["prompt_id"], "sample_idx": row["sample_idx"]})
+        inputs.append((prompt, row["response"]))
+        lines.append(lineno)
+    if not rows:
+        raise UserError(f"{args.generations}: no generations to score.")
+
+    config = ScorerConfig(name=args.name or args.score_type, type=kind, path=path, score_type=args.score_type,
+                          threshold=args.threshold, batch_size=args.batch_size)
+    scorer = build_scorer(config)
+    scores: list[float] = []
+    chunk = args.batch_size * 8  # several length-bucketed batches per progress update
+    with Progress(console=Console(stderr=True)) as progress:
+        task = progress.add_task(f"scoring with {kind}", total=len(inputs))
+        for start in range(0, len(inputs), chunk):
+            part = inputs[start:start + chunk]
+            try:
+                scores += scorer.score([p for p, _ in part], [r for _, r in part])
+            except ScoreError as e:
+                raise UserError(f"{args.generations}:{lines[start + e.row]}: scorer {e.scorer}: {e.reason}.") from None
+            progress.update(task, advance=len(part))
+    atomic_write_jsonl(args.out, [dict(zip(SCORE_FIELDS, (r["prompt_id"], r["sample_idx"], s)))
+                                  for r, s in zip(rows, scores)])
+
+    console = Console(highlight=False)
+    sd = statistics.stdev(scores) if len(scores) > 1 else 0.0
+    console.print(f"{len(scores)} scores -> {args.out}: mean {statistics.fmean(scores):.4f} (sd {sd:.4f}), "
+                  f"min {min(scores):.4f}, max {max(scores):.4f}")
+    if scorer.score_type == "cost":
+        safe = sum(s <= scorer.threshold for s in scores) / len(scores)
+        console.print(f"safe rate (cost <= {scorer.threshold:g}): {safe:.3f}")
+    return 0
