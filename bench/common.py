@@ -4,10 +4,13 @@ random Llama models and long preference pairs built from the embedded data.
 Every benchmark measures the project's real components (trainers/, evaluators/); this module only
 times them. Peak memory is the resident-set high-water mark (`VmHWM`, what `getrusage` calls
 maxrss) of a fresh Python process per configuration, so one configuration's allocations cannot
-inflate another's; `base_rss_mb` is that process's resident set after its imports and model
-building, just before the measured work starts, so `peak - base` is what the work itself added.
+inflate another's. Two baselines to subtract: `imports_only()`, a process that imported the
+training stack and nothing more, and a trainer's `base_rss_mb`, the resident set when training
+begins (model built, reference handled).
 
-Run a worker directly:  python -m bench.common bench.trl_compare:measure '{"trainer": "ours"}'
+Run a worker directly (prints one BENCH_RESULT JSON line):
+    python -m bench.common bench.trl_compare:measure_trl \
+        '{"model": "<folder>", "steps": 4, "batch": 2, "max_length": 64, "precompute": true}'
 """
 
 from __future__ import annotations
