@@ -155,13 +155,16 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def sha256_tree(path: str | os.PathLike) -> str:
-    """Hash of a file, or of a directory's files (relative names and contents, sorted)."""
+def sha256_tree(path: str | os.PathLike, files: Iterable[Path] | None = None) -> str:
+    """Hash of a file, or of a directory's files (relative names and contents, sorted); `files`, when
+    given, are the files of the directory to hash instead of all of them."""
     root = Path(path)
     if root.is_file():
         return sha256_file(root)
     h = hashlib.sha256()
-    for p in sorted(q for q in root.rglob("*") if q.is_file() and not q.name.startswith(".")):
+    if files is None:
+        files = (q for q in root.rglob("*") if q.is_file() and not q.name.startswith("."))
+    for p in sorted(files):
         h.update(str(p.relative_to(root)).encode())
         h.update(sha256_file(p).encode())
     return h.hexdigest()

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from harness.errors import UserError
-from harness.io import iter_jsonl, require_finite, sha256_file
+from harness.io import iter_jsonl, read_json, require_finite, sha256_file, sha256_json
 from harness.records import TRAIN_LOG_FIELDS, require_fields
 from reports.manifest import Manifest, Unit, load_manifest
 
@@ -157,5 +157,8 @@ def load_run(run_dir: str | Path) -> RunData:
             train_log=log,
         )
     hashes = {str(p.relative_to(root)): sha256_file(p) for p in sorted(read)}
+    # The manifest's timestamps change with every run: hash the rest, so results.json stays time-independent.
+    hashes["manifest.json"] = sha256_json({k: v for k, v in read_json(root / "manifest.json").items()
+                                           if k != "timestamps"})
     return RunData(root=root, manifest=manifest, prompt_ids=prompt_ids, n_samples=n_samples, units=units,
                    input_hashes=hashes)

@@ -212,9 +212,18 @@ def _interval_metrics(rows: list[dict[str, torch.Tensor]]) -> dict[str, float]:
     return metrics
 
 
+def _complete(checkpoint: Path) -> bool:
+    """Trainer writes trainer_state.json last in a checkpoint, not atomically: complete means it reads back."""
+    try:
+        json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+        return True
+    except (OSError, ValueError):
+        return False
+
+
 def _last_checkpoint(output_dir: Path) -> Path | None:
-    """The newest complete Trainer checkpoint (trainer_state.json is written last in it)."""
-    done = [p for p in output_dir.glob("checkpoint-*") if (p / "trainer_state.json").exists()]
+    """The newest complete Trainer checkpoint (a crash while saving one leaves it incomplete)."""
+    done = [p for p in output_dir.glob("checkpoint-*") if _complete(p)]
     return max(done, key=lambda p: int(p.name.split("-")[-1])) if done else None
 
 
