@@ -1,6 +1,6 @@
 """Generate completions into a JSONL file, reusing every row whose content key is already on disk.
 
-A row's `cache_key` hashes what decides its text: the model's weights (sha256 of the folder), the
+A row's `cache_key` hashes what decides its text: the model (sha256 of the folder's model files), the
 rendered prompt, the sampling settings and the engine with its version. A rerun reuses rows whose key
 (and sample_idx) match a row of the existing output file or of the side file and generates the rest.
 
@@ -22,8 +22,8 @@ from typing import Any, Optional, Sequence
 from harness.config import GenerateConfig
 from harness.data import render_prompt
 from harness.errors import UserError
-from harness.io import atomic_write_json, atomic_write_jsonl, iter_jsonl, read_json, sha256_json, sha256_tree
-from harness.models import cache_dir
+from harness.io import atomic_write_jsonl, iter_jsonl, sha256_json
+from harness.models import model_hash
 from harness.records import GENERATION_FIELDS, PromptRecord, require_fields
 
 from evaluators.generators import Completion, Generator, sampling_settings
@@ -46,29 +46,6 @@ class GenerationStats:
 def partial_path(out_path: str | os.PathLike) -> Path:
     out = Path(out_path)
     return out.with_name(out.name + ".partial.jsonl")
-
-
-def model_hash(model_path: str) -> str:
-    """sha256 of a local model folder, remembered per folder (under the user cache) until any file's
-    size or mtime changes: hashing 500 MB of weights on every run would cost seconds each time.
-    A Hub name (no local folder) is its own key: pin a revision by downloading it if that matters."""
-    root = Path(model_path)
-    if not root.exists():
-        return f"name:{model_path}"
-    root = root.resolve()
-    files = sorted(q for q in root.rglob("*") if q.is_file() and not q.name.startswith(".")) if root.is_dir() else [root]
-    signature = sha256_json([[str(q.relative_to(root.parent)), q.stat().st_size, q.stat().st_mtime_ns] for q in files])
-    memo = cache_dir() / "model-hashes" / f"{sha256_json(str(root))[:32]}.json"
-    if memo.is_file():
-        try:
-            saved = read_json(memo)
-            if saved.get("signature") == signature:
-                return saved["sha256"]
-        except (UserError, AttributeError, KeyError):
-            pass  # a damaged memo is only a cache miss
-    digest = sha256_tree(root)
-    atomic_write_json(memo, {"path": str(root), "signature": signature, "sha256": digest})
-    return digest
 
 
 def cache_key(model_sha: str, prompt_text: str, settings: GenerateConfig, engine: str) -> str:

@@ -16,7 +16,6 @@ import dataclasses
 import inspect
 import math
 import types
-import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from harness.errors import UserError
+from harness.io import atomic_write_json, read_json, sha256_json, sha256_tree
 from harness.registry import Registry
 
 # name -> function(target_dir) that writes a Hugging Face folder there.
@@ -108,3 +109,33 @@ def check_weights_safe(folder: str, allow_pickle_weights: bool) -> None:
 def load_kwargs(trust_remote_code: bool, allow_pickle_weights: bool) -> dict[str, Any]:
     """Keyword arguments for `from_pretrained` that enforce the safety settings."""
     return {"trust_remote_code": trust_remote_code, "use_safetensors": None if allow_pickle_weights else True}
+
+
+def model_files(root: Path) -> list[Path]:
+    """The files of a model folder that decide its output: the top-level files a loader reads, without
+    subfolders (a trained policy's Trainer checkpoint-*/) and the trainer's own records (train_*: log,
+    fingerprint, record with its timestamps), which would make the key differ between identical models."""
+    return sorted(q for q in root.iterdir() if q.is_file() and not q.name.startswith((".", "train_")))
+
+
+def model_hash(model_path: str) -> str:
+    """sha256 of a local model folder, remembered per folder (under the user cache) until any file's
+    size or mtime changes: hashing 500 MB of weights on every run would cost seconds each time.
+    A Hub name (no local folder) is its own key: pin a revision by downloading it if that matters."""
+    root = Path(model_path)
+    if not root.exists():
+        return f"name:{model_path}"
+    root = root.resolve()
+    files = model_files(root) if root.is_dir() else [root]
+    signature = sha256_json([[str(q.relative_to(root.parent)), q.stat().st_size, q.stat().st_mtime_ns] for q in files])
+    memo = cache_dir() / "model-hashes" / f"{sha256_json(str(root))[:32]}.json"
+    if memo.is_file():
+        try:
+            saved = read_json(memo)
+            if saved.get("signature") == signature:
+                return saved["sha256"]
+        except (UserError, AttributeError, KeyError):
+            pass  # a damaged memo is only a cache miss
+    digest = sha256_tree(root, files)
+    atomic_write_json(memo, {"path": str(root), "signature": signature, "sha256": digest})
+    return digest

@@ -23,8 +23,8 @@ from rich.table import Table
 
 from harness.config import RunConfig, ScorerConfig, VariantConfig, dump_config, to_dict, variant_train_config
 from harness.errors import UserError
-from harness.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl, sha256_json, sha256_tree
-from harness.models import resolve_model_path
+from harness.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl, sha256_tree
+from harness.models import model_hash, resolve_model_path
 from harness.provenance import environment, package_versions, timestamp
 from harness.records import PreferencePair, PromptRecord
 from harness.registries import LOSSES
@@ -101,7 +101,7 @@ class Pipeline:
 
     def model_hash(self) -> str:
         if self._model_hash is None:
-            self._model_hash = _source_hash(self.model_path())
+            self._model_hash = model_hash(self.model_path())
         return self._model_hash
 
     def data_hashes(self) -> dict[str, str]:

@@ -10,7 +10,8 @@ from typing import Iterator
 
 import pytest
 
-from evaluators.generation_cache import generate_to_file, model_hash, partial_path, read_prompt_records
+from evaluators.generation_cache import generate_to_file, partial_path, read_prompt_records
+from harness.models import model_hash
 from evaluators.generators import (Completion, TransformersGenerator, VLLMGenerator, build_generator,
                                    pick_generator)
 from harness.cli import main

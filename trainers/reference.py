@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -25,12 +24,12 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from harness.config import TrainConfig, to_dict
-from harness.io import atomic_path, atomic_write_json, sha256_file, sha256_json
+from harness.models import model_hash
+from harness.io import atomic_path, sha256_json
 from trainers.logprobs import TokenizedPair, collate, sequence_logps, tokenization_hash
 
 CACHE_VERSION = 1
 # Files that define a model's weights and architecture (tokenizer files are covered by the token ids).
-_MODEL_FILES = ("config.json", "*.safetensors", "*.safetensors.index.json", "*.bin", "*.pt")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,27 +41,6 @@ class ReferenceLogps:
     key: str
     # True when the values came from the cache (no reference forward ran).
     cache_hit: bool
-
-
-def model_hash(folder: str | Path, cache_dir: Path) -> str:
-    """sha256 over the weight and config files of a Hugging Face folder.
-
-    Hashing a 7B model reads ~14 GB, so each file's hash is remembered in
-    `<cache_dir>/file-hashes.json` under its path, size and modification time.
-    """
-    root = Path(folder)
-    memo_path = cache_dir / "file-hashes.json"
-    memo: dict[str, str] = json.loads(memo_path.read_text()) if memo_path.exists() else {}
-    files = sorted({p for pattern in _MODEL_FILES for p in root.glob(pattern) if p.is_file()})
-    parts = []
-    for p in files:
-        st = p.stat()
-        stamp = f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}"
-        if stamp not in memo:
-            memo[stamp] = sha256_file(p)
-        parts.append([p.name, memo[stamp]])
-    atomic_write_json(memo_path, memo)
-    return sha256_json(parts)
 
 
 def warmup_dir(cache_dir: Path, base_model_hash: str, tokens_hash: str, train_cfg: TrainConfig, seed: int) -> Path:
@@ -107,7 +85,7 @@ def reference_logps(model_dir: str | Path, pairs: Sequence[TokenizedPair], *, ca
     from transformers import AutoModelForCausalLM
 
     dtype_name = str(load_kwargs.get("dtype")) + "/" + str(autocast_dtype)
-    key = sha256_json({"model": model_hash(model_dir, cache_dir), "tokens": tokenization_hash(pairs),
+    key = sha256_json({"model": model_hash(str(model_dir)), "tokens": tokenization_hash(pairs),
                        "dtype": dtype_name, "version": CACHE_VERSION})
     path = cache_dir / "ref-logps" / f"{key[:32]}.safetensors"
     hit = True

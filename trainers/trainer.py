@@ -36,13 +36,13 @@ from transformers import (
 from harness.config import ModelConfig, TrainConfig, VariantConfig, check_kwargs, to_dict
 from harness.errors import UserError
 from harness.io import atomic_write_json, atomic_write_jsonl, read_json, sha256_json
-from harness.models import check_weights_safe, load_kwargs, resolve_model_path
+from harness.models import check_weights_safe, load_kwargs, model_hash, resolve_model_path
 from harness.provenance import environment, timestamp
 from harness.records import TRAIN_LOG_FIELDS, PreferencePair
 from harness.registries import LOSSES
-from trainers.logprobs import TokenizedPair, TokenizeStats, collate, sequence_logps, tokenization_hash, tokenize_pairs
+from trainers.logprobs import TokenizedPair, collate, sequence_logps, tokenization_hash, tokenize_pairs
 from trainers.losses import LossOutput, PairLogps, diagnostics
-from trainers.reference import ReferenceLogps, model_hash, reference_logps, warmup_dir, warmup_train_config
+from trainers.reference import ReferenceLogps, reference_logps, warmup_dir, warmup_train_config
 
 log = logging.getLogger(__name__)
 
@@ -436,7 +436,7 @@ def train_policy(model_cfg: ModelConfig, train_cfg: TrainConfig, variant: Varian
         train_cfg = dataclasses.replace(train_cfg, max_steps=steps)
         log.info("%s epochs of %d pairs = %d optimiser steps", train_cfg.epochs, len(tokenized), steps)
     dtype = _dtype(model_cfg)
-    base_hash = model_hash(model_dir, cache_dir)
+    base_hash = model_hash(model_dir)
     tokens_hash = tokenization_hash(tokenized)
     fingerprint = {"model": to_dict(model_cfg), "model_hash": base_hash, "tokens": tokens_hash,
                    "train": to_dict(train_cfg), "variant": to_dict(variant), "seed": seed, "dtype": str(dtype)}
