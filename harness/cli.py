@@ -11,6 +11,7 @@ import sys
 from types import ModuleType
 
 from rich.console import Console
+from rich.markup import escape
 
 import harness
 import harness.commands
@@ -49,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args._run(args) or 0)
     except UserError as e:
-        err_console.print(f"[bold red]error:[/] {e}", markup=True, highlight=False)
+        # The message is plain text: "[safer, less_safe]" or a path like "/data/[v2]/x" is not markup.
+        err_console.print(f"[bold red]error:[/] {escape(str(e))}", markup=True, highlight=False)
         return 2
     except KeyboardInterrupt:
         err_console.print("interrupted; finished stages are kept, rerun the same command to resume.")

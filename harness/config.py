@@ -144,6 +144,12 @@ class VariantConfig:
     # Dotted overrides of the `train` section for this variant only (e.g. learning_rate: 1e-5).
     train: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # Part of folder and file names (checkpoints/<name>-seed0/): it must not lead out of them.
+        if not self.name or self.name.startswith(".") or "/" in self.name or "\\" in self.name:
+            raise ValueError("name: must be a plain name without '/' or '\\', not starting with '.' "
+                             "(it is part of file and folder names)")
+
 
 @dataclass(frozen=True)
 class GenerateConfig:

@@ -73,14 +73,15 @@ def atomic_write_jsonl(path: str | os.PathLike, rows: Iterable[dict[str, Any]]) 
     atomic_write_text(path, text)
 
 
-def open_text(path: str | os.PathLike):
-    """Open a text file, transparently gunzipping `.gz`; errors name the file."""
+def open_text(path: str | os.PathLike, mode: str = "rt"):
+    """Open a UTF-8 text file (mode "rb": its bytes), transparently gunzipping `.gz`; errors name the file."""
     p = Path(path)
     if not p.exists():
         raise UserError(f"{p}: file not found. Check the path in your config or command line.")
+    encoding = None if "b" in mode else "utf-8"
     if p.suffix == ".gz":
-        return gzip.open(p, "rt", encoding="utf-8")
-    return open(p, "r", encoding="utf-8")
+        return gzip.open(p, mode, encoding=encoding)
+    return open(p, mode, encoding=encoding)
 
 
 def read_json(path: str | os.PathLike) -> Any:
@@ -109,8 +110,14 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield (line_number, object) for each non-blank line; errors name file and line."""
     lineno = 0
     try:
-        with open_text(path) as f:
-            for lineno, line in enumerate(f, start=1):
+        # Bytes, decoded line by line: a decoding error then names its own line, not its 8 KB block's first.
+        with open_text(path, "rb") as f:
+            for lineno, raw in enumerate(f, start=1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise UserError(f"{path}:{lineno}: not valid UTF-8 ({e.reason} at byte {e.start} of the line). "
+                                    "Re-encode the file as UTF-8.") from None
                 if not line.strip():
                     continue
                 try:
@@ -122,10 +129,6 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
                 if not isinstance(obj, dict):
                     raise UserError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}.")
                 yield lineno, obj
-    except UnicodeDecodeError as e:
-        raise UserError(
-            f"{path}:{lineno + 1}: not valid UTF-8 ({e.reason}). Re-encode the file as UTF-8."
-        ) from None
     except (EOFError, gzip.BadGzipFile, OSError) as e:
         raise UserError(
             f"{path}:{lineno + 1}: cannot read ({e}). The file may be truncated; re-download it."

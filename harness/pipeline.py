@@ -23,7 +23,7 @@ from rich.table import Table
 
 from harness.config import RunConfig, ScorerConfig, VariantConfig, dump_config, to_dict, variant_train_config
 from harness.errors import UserError
-from harness.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl, sha256_tree
+from harness.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, iter_jsonl, read_jsonl, sha256_tree
 from harness.models import model_hash, resolve_model_path
 from harness.provenance import environment, package_versions, timestamp
 from harness.records import PreferencePair, PromptRecord
@@ -303,13 +303,17 @@ class Pipeline:
         return str(self.run.path("scorers", s.name)) if s.path == TRAINED_SCORER else s.path
 
     def score(self, name: str, s: ScorerConfig) -> None:
-        from evaluators.scorers import build_scorer
+        from evaluators.scorers import ScoreError, build_scorer
 
         prompts = {p.prompt_id: p.prompt for p in self.prompts()}
         gens_path = self.run.path("generations", f"{name}.jsonl")
-        rows = read_jsonl(gens_path)
+        lines, rows = zip(*iter_jsonl(gens_path))
         scorer = build_scorer(s, self.scorer_path(s))
-        values = scorer.score([prompts[r["prompt_id"]] for r in rows], [r["response"] for r in rows])
+        try:
+            values = scorer.score([prompts[r["prompt_id"]] for r in rows], [r["response"] for r in rows])
+        except ScoreError as e:  # name the generation the bad score belongs to
+            raise UserError(f"{gens_path}:{lines[e.row]}: scorer {e.scorer}: {e.reason} "
+                            f"(prompt_id {rows[e.row]['prompt_id']!r}).") from None
         atomic_write_jsonl(self.run.path("scores", f"{name}.{s.name}.jsonl"),
                            [{"prompt_id": r["prompt_id"], "sample_idx": r["sample_idx"], "score": v}
                             for r, v in zip(rows, values)])
