@@ -24,7 +24,7 @@ from rich.table import Table
 from harness.config import RunConfig, ScorerConfig, VariantConfig, dump_config, to_dict, variant_train_config
 from harness.errors import UserError
 from harness.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, iter_jsonl, read_jsonl, sha256_tree
-from harness.models import model_hash, resolve_model_path
+from harness.models import check_weights_safe, model_hash, resolve_model_path
 from harness.provenance import environment, package_versions, timestamp
 from harness.records import PreferencePair, PromptRecord
 from harness.registries import LOSSES
@@ -97,6 +97,8 @@ class Pipeline:
     def model_path(self) -> str:
         if self._model_path is None:
             self._model_path = resolve_model_path(self.cfg.model.path)
+            # Refused before any stage runs, not after the data and scorer stages.
+            check_weights_safe(self._model_path, self.cfg.model.allow_pickle_weights)
         return self._model_path
 
     def model_hash(self) -> str:
