@@ -40,20 +40,20 @@ EXPERIMENT = "tiny"
 # Untrusted text carried by every prompt (and so shown in the report's samples table).
 PAYLOADS = ('<script>alert("pwned")</script>', "</table><h1>injected</h1>", '"><img src=x onerror=alert(1)>')
 UNITS = ("reference", "dpo-seed0", "bdpo-seed0")
-STAGE_KINDS = ("scorer", "train", "generate", "score", "report")
-
-_INPUTS: dict[str, Path] = {}
-_CLEAN: dict[str, Path] = {}
 
 
 def tiny_inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The config (and its data file) of the tiny run, written once per session; returns the config."""
-    if "config" not in _INPUTS:
+    """The config (and its data file) of the tiny run, written once per session; returns the config.
+    (Kept in a fixed folder of the session, not in a module global: pytest imports this file once as
+    a test module and once more when the other test modules import it.)"""
+    folder = tmp_path_factory.getbasetemp() / "tiny-inputs"
+    path = folder / "tiny.yaml"
+    if not path.exists():
         from harness.data import load_source
 
         model = shared_path("models", "stories260k")
         hh = shared_path("data", "hh-rlhf", "helpful-base", "test.jsonl.gz")
-        folder = tmp_path_factory.mktemp("tiny-inputs")
+        folder.mkdir()
         pairs = load_source(DataSourceConfig(format="hh-rlhf", path=str(hh), name="hh", max_pairs=40)).pairs
         rows = []
         for i, p in enumerate(pairs):
@@ -77,10 +77,8 @@ def tiny_inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
                          "train_backbone": str(model)}],
             "report": {"baseline": "dpo", "bootstrap_samples": 200},
         }
-        path = folder / "tiny.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
-        _INPUTS["config"] = path
-    return _INPUTS["config"]
+    return path
 
 
 def bdpo_command(config: Path, *extra: str) -> list[str]:
@@ -98,17 +96,19 @@ def bdpo_env() -> dict[str, str]:
 def run_tiny(config: Path, cwd: Path, *extra: str) -> Path:
     """An uninterrupted run of `config` from `cwd` (run_root is relative: <cwd>/runs); its run dir."""
     cwd.mkdir(parents=True, exist_ok=True)
-    out = subprocess.run(bdpo_command(config, *extra), cwd=cwd, capture_output=True, text=True, timeout=900,
-                         env=bdpo_env())
+    out = subprocess.run(bdpo_command(config, *extra), check=False, cwd=cwd, capture_output=True, text=True,
+                         timeout=900, env=bdpo_env())
     assert out.returncode == 0, out.stderr[-3000:]
     return cwd / "runs" / EXPERIMENT
 
 
 def clean_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The uninterrupted tiny run, made once per session (the crash, determinism and safety tests read it)."""
-    if "run" not in _CLEAN:
-        _CLEAN["run"] = run_tiny(tiny_inputs(tmp_path_factory), tmp_path_factory.mktemp("clean"))
-    return _CLEAN["run"]
+    """The uninterrupted tiny run, made once per session (the crash, determinism, bad-input and safety
+    tests read it; tests that change it work on a copy)."""
+    run_dir = tmp_path_factory.getbasetemp() / "tiny-clean" / "runs" / EXPERIMENT
+    if not (run_dir / "stages" / "report.json").exists():
+        run_tiny(tiny_inputs(tmp_path_factory), run_dir.parents[1])
+    return run_dir
 
 
 def without_timestamps(path: Path) -> dict:
@@ -281,7 +281,6 @@ def test_killed_runs_resume_to_the_uninterrupted_results(tmp_path_factory):
         for name in want:
             assert got[name].equal(want[name]), f"{unit}: tensor {name} differs"
     for unit in UNITS:
-        assert read_jsonl(crashed / "generations" / f"{unit}.jsonl") == read_jsonl(clean / "generations" / f"{unit}.jsonl")
-        assert (read_jsonl(crashed / "scores" / f"{unit}.reward.jsonl")
-                == read_jsonl(clean / "scores" / f"{unit}.reward.jsonl"))
+        for rel in (f"generations/{unit}.jsonl", f"scores/{unit}.reward.jsonl"):
+            assert read_jsonl(crashed / rel) == read_jsonl(clean / rel), rel
     assert without_timestamps(crashed / "results.json") == without_timestamps(clean / "results.json")

@@ -8,8 +8,6 @@ started from two working directories with the relative run_root `runs`, so their
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from harness.io import read_json, to_json
