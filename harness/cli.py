@@ -34,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"bdpo-harness {harness.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for mod in command_modules():
-        p = sub.add_parser(mod.NAME, help=mod.HELP, description=mod.HELP,
+        text = mod.HELP.replace("%", "%%")  # argparse %-formats help strings
+        p = sub.add_parser(mod.NAME, help=text, description=text,
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         mod.add_arguments(p)
         p.set_defaults(_run=mod.run)
