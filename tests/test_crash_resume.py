@@ -18,6 +18,7 @@ test_safety.py: the data file puts HTML/JS into every prompt, so the same run al
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import signal
@@ -138,13 +139,14 @@ def in_flight(stages: Path, since: float) -> str | None:
 
 
 def stage_seconds(run_dir: Path) -> dict[str, float]:
-    """Per stage kind, the longest time one of its stages took (marker to record) in a finished run."""
+    """Per stage kind, the shortest time one of its stages took (marker to record) in a finished run:
+    kills timed as fractions of it land inside the stage even when the machine got faster since."""
     stages = run_dir / "stages"
     took: dict[str, float] = {}
     for started in stages.rglob("*.started"):
         kind = kind_of(started, stages)
         seconds = started.with_suffix(".json").stat().st_mtime - started.stat().st_mtime
-        took[kind] = max(took.get(kind, 0.0), seconds)
+        took[kind] = min(took.get(kind, math.inf), seconds)
     return took
 
 
@@ -231,7 +233,7 @@ def crash_run(config: Path, cwd: Path, took: dict[str, float], seed: int) -> lis
                         target = stage
                         use_work_file = kind in WORK_FILES and sum(k["target"].startswith(kind) for k in kills) % 2
                         anchor = run_dir / WORK_FILES[kind].format(stage.split("/")[1]) if use_work_file else None
-                        delay = rng.uniform(0.05, 0.7) * took[kind]
+                        delay = rng.uniform(0.05, 0.6) * took[kind]
                     if target is not None and deadline is None and (anchor is None or written_since(anchor, since)):
                         deadline = time.time() + delay
                     if deadline is not None and time.time() >= deadline:
