@@ -436,6 +436,13 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     raise ConfigError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}.")
 
 
+def _field_error(prefix: str, message: str) -> str:
+    """Range checks raise ValueError("field: why"); name the full key: "config key 'a.b.field': why"."""
+    field, _, why = message.partition(": ")
+    key = f"{prefix}.{field}" if prefix else field
+    return f"config key '{key}': {why}" if why else f"config key '{prefix}': {message}"
+
+
 def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     """Build dataclass `cls` from a plain mapping, with key-naming errors."""
     hints = get_type_hints(cls)
@@ -450,7 +457,7 @@ def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
         return cls(**kwargs)
     except ValueError as e:
         # __post_init__ messages start with the field name: "clip: must be in [0, 0.5]".
-        raise ConfigError(f"config key '{prefix + '.' if prefix else ''}{e}") from None
+        raise ConfigError(_field_error(prefix, str(e))) from None
 
 
 def to_dict(obj: Any) -> Any:
@@ -585,7 +592,7 @@ def check_kwargs(fn: Any, kwargs: dict[str, Any], where: str) -> None:
         try:
             check(**kwargs)
         except ValueError as e:
-            raise ConfigError(f"config key '{where}.{e}") from None
+            raise ConfigError(_field_error(where, str(e))) from None
 
 
 def check_names(cfg: RunConfig) -> None:

@@ -173,7 +173,7 @@ CONFIG_CASES = {
     "misspelled-key": (["train.learnin_rate=1e-4"],
                        ["config key 'train.learnin_rate'", "Did you mean 'learning_rate'?"]),
     "wrong-type": (["train.max_steps=many"], ["config key 'train.max_steps'", "expected int, got 'many'"]),
-    "fraction-out-of-range": (["data.scorer_fraction=1.5"], ["data.scorer_fraction: must be in [0, 1)"]),
+    "fraction-out-of-range": (["data.scorer_fraction=1.5"], ["data.scorer_fraction': must be in [0, 1)"]),
     "unknown-data-format": (["data.sources.0.format=jsonl"], ["config key 'data.sources.0.format'"]),
     "infinite-learning-rate": (["train.learning_rate=.inf"], ["config key 'train.learning_rate'", "finite number"]),
 }

@@ -57,7 +57,7 @@ def test_wrong_type_names_key(tmp_path):
 
 
 def test_out_of_range_names_key(tmp_path):
-    with pytest.raises(ConfigError, match=r"'train.learning_rate: must be positive"):
+    with pytest.raises(ConfigError, match=r"'train.learning_rate': must be positive"):
         load_config(write(tmp_path, BASE), ["train.learning_rate=-1"])
 
 

@@ -395,19 +395,19 @@ def test_beta_must_be_positive(name):
     fn = LOSSES.get(name)
     check_kwargs(fn, {"beta": 0.2}, f"variants.{name}.params")
     for bad in (-0.1, 0.0):
-        with pytest.raises(ConfigError, match=rf"variants.{name}.params.beta: must be > 0"):
+        with pytest.raises(ConfigError, match=rf"variants.{name}.params.beta': must be > 0"):
             check_kwargs(fn, {"beta": bad}, f"variants.{name}.params")
 
 
 @pytest.mark.parametrize("name,params,match", [
-    ("bdpo", {"clip": 0.6}, r"params.clip: must be in \[0, 0.5\]"),
-    ("bdpo", {"clip": -0.1}, r"params.clip: must be in \[0, 0.5\]"),
-    ("bdpo", {"scale": 0.0}, r"params.scale: must be > 0"),
+    ("bdpo", {"clip": 0.6}, r"params.clip': must be in \[0, 0.5\]"),
+    ("bdpo", {"clip": -0.1}, r"params.clip': must be in \[0, 0.5\]"),
+    ("bdpo", {"scale": 0.0}, r"params.scale': must be > 0"),
     ("bdpo", {"lambda_from": "median"}, r"params.lambda_from': 'median' is not one of 'sum' \| 'mean'"),
-    ("nbdpo", {"clip": -1.0}, r"params.clip: must be >= 0"),
+    ("nbdpo", {"clip": -1.0}, r"params.clip': must be >= 0"),
     ("nbdpo", {"clipping": "symetric"}, r"params.clipping'.*Did you mean 'symmetric'"),
-    ("robust", {"label_smoothing": 0.5}, r"params.label_smoothing: must be in \[0, 0.5\)"),
-    ("cdpo", {"label_smoothing": -0.1}, r"params.label_smoothing: must be in \[0, 0.5\)"),
+    ("robust", {"label_smoothing": 0.5}, r"params.label_smoothing': must be in \[0, 0.5\)"),
+    ("cdpo", {"label_smoothing": -0.1}, r"params.label_smoothing': must be in \[0, 0.5\)"),
     ("dpo", {"clip": 0.1}, r"params.clip': unknown parameter"),
 ])
 def test_bad_params_rejected(name, params, match):
