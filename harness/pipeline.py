@@ -125,7 +125,7 @@ class Pipeline:
         stages.append(data_stage)
         if cfg.synthetic is not None:
             stages.append(Stage("synthetic", {"synthetic": to_dict(cfg.synthetic), "versions": self.versions},
-                                ["synthetic/results.json"], self.run_synthetic))
+                                ["synthetic/results.json", "synthetic/table.md"], self.run_synthetic))
         if not cfg.variants:
             return stages
 
@@ -241,9 +241,13 @@ class Pipeline:
         return [PromptRecord(r["prompt_id"], tuple(r["prompt"]), r.get("source", ""), r.get("meta", {})) for r in rows]
 
     def run_synthetic(self) -> None:
+        from reports.synthetic import print_table, write_synthetic_report
         from trainers.synthetic import run_synthetic
 
-        run_synthetic(self.cfg.synthetic, self.run.path("synthetic"), progress=self.progress)
+        results = run_synthetic(self.cfg.synthetic, self.run.path("synthetic"), progress=self.progress)
+        paths = write_synthetic_report(self.run.path("synthetic", "results.json"))
+        print_table(results, self.console)
+        self.console.print("synthetic report: " + ", ".join(str(p) for p in paths.values()), highlight=False)
 
     def train_scorer(self, s: ScorerConfig) -> None:
         from trainers.scorer_training import train_bt_scorer

@@ -157,3 +157,23 @@ def write_synthetic_report(results_json: str | Path, out_dir: str | Path | None 
                 "OOD mass", paths["ood_plot"])
     _grad_ratio_plot(results, paths["grad_ratio_plot"])
     return paths
+
+
+def print_table(results: dict[str, Any], console: Any) -> None:
+    """The compact result table in the terminal (rich)."""
+    from rich import box
+    from rich.table import Table
+
+    header, rows = table_rows(results, compact=True)
+    table = Table(title=f"Synthetic experiment: {len(results['seeds'])} seeds, mean ±{results['confidence']:.0%} CI "
+                        f"half-width;\nΔ = paired difference to {results['baseline']} over the same seeds",
+                  title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+    for name in header:
+        table.add_column(name, no_wrap=True)
+    previous = None
+    for row in rows:
+        if previous is not None and row[0] != previous:
+            table.add_section()
+        previous = row[0]
+        table.add_row(*row)
+    console.print(table)

@@ -37,5 +37,6 @@ def run(args: argparse.Namespace) -> int:
     console.print(table)
     if not args.dry_run:
         summarize(pipeline.run.root, Console())
-        console.print(f"finished in {time.monotonic() - start:.1f} s; report: {pipeline.run.root / 'report' / 'index.html'}")
+        page = pipeline.run.root / "report" / "index.html"
+        console.print(f"finished in {time.monotonic() - start:.1f} s" + (f"; report: {page}" if page.exists() else ""))
     return 0

@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from rich import box
 from rich.console import Console
-from rich.table import Table
 
 NAME = "synthetic"
 HELP = ("Run the synthetic experiment: DPO, bDPO and naive bDPO on a tabular 20x20 grid for every mask "
@@ -67,7 +65,7 @@ def check_overwrite(results_path: Path, config: dict, overwrite: bool) -> None:
 def run(args: argparse.Namespace) -> int:
     from harness.config import to_dict
     from harness.rundir import RunLock
-    from reports.synthetic import table_rows, write_synthetic_report
+    from reports.synthetic import print_table, write_synthetic_report
     from trainers.synthetic import RESULTS_FILE, run_synthetic
 
     run_root, cfg = load_synthetic_config(args.config, args.overrides)
@@ -78,19 +76,7 @@ def run(args: argparse.Namespace) -> int:
         results = run_synthetic(cfg, out, progress=not args.no_progress)
         paths = write_synthetic_report(out / RESULTS_FILE)
 
-    header, rows = table_rows(results, compact=True)
-    table = Table(title=f"Synthetic experiment: {len(results['seeds'])} seeds, mean ±{results['confidence']:.0%} CI "
-                        f"half-width;\nΔ = paired difference to {results['baseline']} over the same seeds",
-                  title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
-    for name in header:
-        table.add_column(name, no_wrap=True)
-    previous = None
-    for row in rows:
-        if previous is not None and row[0] != previous:
-            table.add_section()
-        previous = row[0]
-        table.add_row(*row)
-    console.print(table)
+    print_table(results, console)
     n_runs = len(cfg.methods) * cfg.n_seeds * len(cfg.mask_rates)
     console.print(f"{n_runs} runs x {cfg.steps} steps in "
                   f"{results['wall_seconds']:.1f} s")
