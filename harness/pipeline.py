@@ -247,7 +247,8 @@ class Pipeline:
         results = run_synthetic(self.cfg.synthetic, self.run.path("synthetic"), progress=self.progress)
         paths = write_synthetic_report(self.run.path("synthetic", "results.json"))
         print_table(results, self.console)
-        self.console.print("synthetic report: " + ", ".join(str(p) for p in paths.values()), highlight=False)
+        self.console.print("synthetic report: " + ", ".join(str(p) for p in paths.values()), highlight=False,
+                           soft_wrap=True)
 
     def train_scorer(self, s: ScorerConfig) -> None:
         from trainers.scorer_training import train_bt_scorer

@@ -169,7 +169,7 @@ CONFIG_CASES = {
     "prompt-longer-than-sequence": (["train.max_prompt_length=128"],
                                     ["config key 'train.max_prompt_length", "must be smaller than max_length"]),
     "baseline-not-a-variant": (["report.baseline=ipo"], ["config key 'report.baseline'", "'ipo' is not a variant"]),
-    "duplicate-variants": (["variants.bdpo.name=dpo"], ["variants: duplicate variant names ['dpo']"]),
+    "duplicate-variants": (["variants.bdpo.name=dpo"], ["config key 'variants': duplicate variant names ['dpo']"]),
     "misspelled-key": (["train.learnin_rate=1e-4"],
                        ["config key 'train.learnin_rate'", "Did you mean 'learning_rate'?"]),
     "wrong-type": (["train.max_steps=many"], ["config key 'train.max_steps'", "expected int, got 'many'"]),

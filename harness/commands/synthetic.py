@@ -81,5 +81,5 @@ def run(args: argparse.Namespace) -> int:
     console.print(f"{n_runs} runs x {cfg.steps} steps in "
                   f"{results['wall_seconds']:.1f} s")
     for path in [out / RESULTS_FILE, *paths.values()]:
-        console.print(f"  {path}", highlight=False)
+        console.print(f"  {path}", highlight=False, soft_wrap=True)  # paths stay copy-pastable
     return 0
