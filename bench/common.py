@@ -15,6 +15,7 @@ Run a worker directly (prints one BENCH_RESULT JSON line):
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import importlib
 import json
@@ -355,3 +356,21 @@ def train_project(model: str, loss: str = "dpo", params: dict[str, Any] | None =
 
 if __name__ == "__main__":
     _worker(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "{}")
+
+
+def training_parser(description: str, hidden: int = 256, layers: int = 4, steps: int = 8) -> argparse.ArgumentParser:
+    """The arguments every training benchmark takes (model size, steps, batch, length, threads, --json)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--hidden", type=int, default=hidden)
+    parser.add_argument("--layers", type=int, default=layers)
+    parser.add_argument("--steps", type=int, default=steps)
+    parser.add_argument("--batch", type=int, default=2, help="pairs per step")
+    parser.add_argument("--max-length", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--json", help="also write the results here")
+    return parser
+
+
+def model_from_args(args: Any) -> str:
+    """A random Llama of the size the arguments ask for (head size 64)."""
+    return random_llama(args.hidden, args.layers, 3 * args.hidden, args.hidden // 64 or 1)

@@ -12,11 +12,10 @@ backward on the batch's [B] log-probs), which bounds what the loss itself can ad
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 from typing import Any
 
-from bench.common import Stopwatch, median, random_llama, report, run_isolated, train_project
+from bench.common import Stopwatch, median, report, run_isolated, train_project, model_from_args, training_parser
 
 LOSSES = {"dpo": {}, "bdpo": {"clip": 0.3}, "nbdpo": {"clip": 0.5}}
 
@@ -58,19 +57,12 @@ def measure(model: str, rounds: int, steps: int, warmup: int, batch: int, max_le
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--hidden", type=int, default=256)
-    parser.add_argument("--layers", type=int, default=4)
+    parser = training_parser(__doc__.splitlines()[0], hidden=256, layers=4, steps=8)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--batch", type=int, default=2, help="pairs per step")
-    parser.add_argument("--max-length", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args(argv)
 
-    model = random_llama(args.hidden, args.layers, 3 * args.hidden, args.hidden // 64 or 1)
+    model = model_from_args(args)
     raw = run_isolated("bench.loss_overhead:measure", threads=args.threads, model=model, rounds=args.rounds,
                        steps=args.steps, warmup=args.warmup, batch=args.batch, max_length=args.max_length)
     step = {name: median(t) for name, t in raw["step_times"].items()}

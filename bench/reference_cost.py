@@ -15,12 +15,11 @@ Both for full fine-tuning and for LoRA. The precompute is timed by calling
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.common import Stopwatch, long_pairs, random_llama, report, run_isolated
+from bench.common import Stopwatch, long_pairs, report, run_isolated, model_from_args, training_parser
 
 
 def time_precompute(model: str, n_pairs: int, batch: int, max_length: int, cache: str) -> dict[str, Any]:
@@ -45,17 +44,10 @@ def time_precompute(model: str, n_pairs: int, batch: int, max_length: int, cache
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--hidden", type=int, default=512)
-    parser.add_argument("--layers", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--batch", type=int, default=2, help="pairs per step")
-    parser.add_argument("--max-length", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--json", help="also write the results here")
+    parser = training_parser(__doc__.splitlines()[0], hidden=512, layers=8, steps=3)
     args = parser.parse_args(argv)
 
-    model = random_llama(args.hidden, args.layers, 3 * args.hidden, args.hidden // 64 or 1)
+    model = model_from_args(args)
     n_params = sum(f.stat().st_size for f in Path(model).glob("*.safetensors")) / 4  # float32 on disk
     common = dict(threads=args.threads, model=model, steps=args.steps, batch=args.batch, max_length=args.max_length,
                   max_prompt_length=args.max_length // 2)

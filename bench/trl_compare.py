@@ -22,12 +22,11 @@ the stack (`imports_only`), i.e. what the model, optimizer, activations and data
 
 from __future__ import annotations
 
-import argparse
 import math
 import tempfile
 from typing import Any
 
-from bench.common import long_pairs, median, random_llama, report, run_isolated, step_timer
+from bench.common import long_pairs, median, report, run_isolated, step_timer, model_from_args, training_parser
 
 
 def measure_trl(model: str, steps: int, batch: int, max_length: int, precompute: bool) -> dict[str, Any]:
@@ -68,18 +67,11 @@ def measure_trl(model: str, steps: int, batch: int, max_length: int, precompute:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--hidden", type=int, default=256)
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=10)
+    parser = training_parser(__doc__.splitlines()[0], hidden=256, layers=4, steps=10)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--batch", type=int, default=2, help="pairs per step")
-    parser.add_argument("--max-length", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args(argv)
 
-    model = random_llama(args.hidden, args.layers, 3 * args.hidden, args.hidden // 64 or 1)
+    model = model_from_args(args)
     common = dict(threads=args.threads, model=model, steps=args.steps, batch=args.batch, max_length=args.max_length)
     runs = {
         "ours": run_isolated("bench.common:train_project", max_prompt_length=args.max_length // 2, **common),

@@ -138,7 +138,7 @@ class Pipeline:
                 stages.append(st)
                 scorer_fp[s.name] = st.fingerprint
             else:
-                scorer_fp[s.name] = _source_hash(s.path)
+                scorer_fp[s.name] = model_hash(s.path)  # memoised: a 7B scorer is not rehashed each run
 
         model = {"path": cfg.model.path, "hash": self.model_hash(), **to_dict(cfg.model)}
         policy_fp = {REFERENCE: RunDir.fingerprint({"model": model})}

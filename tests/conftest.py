@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("BDPO_SHARED", REPO.parent / "shared"))
@@ -37,3 +38,13 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
     """Built-in models are converted once per test session into a shared cache, not ~/.cache."""
     cache = os.environ.get("BDPO_TEST_CACHE") or str(tmp_path_factory.getbasetemp().parent / "bdpo-cache")
     monkeypatch.setenv("BDPO_CACHE", cache)
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test: the 2 test cores are shared, and oversubscribed OpenMP
+    threads make small models about 10x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

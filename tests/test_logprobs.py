@@ -10,14 +10,8 @@ from harness.data import render_prompt, render_response
 from harness.records import PreferencePair
 from trainers.logprobs import collate, sequence_logps, tokenization_hash, tokenize_pairs
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The 2 test cores are shared: one thread avoids oversubscription (10x faster for this model).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture

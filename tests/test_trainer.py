@@ -24,16 +24,10 @@ from trainers.logprobs import collate, sequence_logps, tokenize_pairs
 from trainers.reference import reference_logps
 from trainers.trainer import NonFiniteError, train_policy
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 MAX_LENGTH, MAX_PROMPT = 64, 32
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The 2 test cores are shared: one thread avoids oversubscription (10x faster for this model).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
