@@ -78,6 +78,9 @@ class DataConfig:
     scorer_fraction: float = 0.0
     # Number of held-out prompts used for generation and scoring.
     eval_prompts: int = 32
+    # Prompts (with all their pairs) that train the policies, taken after the eval and scorer prompts
+    # in the split's order; null: all the rest. A cap keeps the reference pass to the pairs trained on.
+    train_prompts: Optional[int] = None
 
     def __post_init__(self) -> None:
         if not self.sources:
@@ -86,6 +89,8 @@ class DataConfig:
             raise ValueError("scorer_fraction: must be in [0, 1)")
         if self.eval_prompts < 1:
             raise ValueError("eval_prompts: must be at least 1")
+        if self.train_prompts is not None and self.train_prompts < 1:
+            raise ValueError("train_prompts: must be at least 1 or null")
 
 
 @dataclass(frozen=True)
@@ -143,8 +148,15 @@ class VariantConfig:
     params: dict[str, Any] = field(default_factory=dict)
     # Dotted overrides of the `train` section for this variant only (e.g. learning_rate: 1e-5).
     train: dict[str, Any] = field(default_factory=dict)
+    # Training seeds of this variant; null: the run's `seeds`. Lets an ablation arm run on fewer seeds
+    # than the main comparison (its seeds should be among the baseline's, for paired comparisons).
+    seeds: Optional[tuple[int, ...]] = None
 
     def __post_init__(self) -> None:
+        if self.seeds is not None and not self.seeds:
+            raise ValueError("seeds: at least one seed is needed (or null for the run's seeds)")
+        if self.seeds is not None and len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds: duplicate seeds {list(self.seeds)}")
         # Part of folder and file names (checkpoints/<name>-seed0/): it must not lead out of them.
         if not self.name or self.name.startswith(".") or "/" in self.name or "\\" in self.name:
             raise ValueError("name: must be a plain name without '/' or '\\', not starting with '.' "
@@ -324,7 +336,7 @@ class RunConfig:
     # Run directory: <run_root>/<experiment>/.
     experiment: str = "quickstart"
     run_root: str = "runs"
-    # Training seeds; every variant is trained once per seed.
+    # Training seeds; every variant is trained once per seed (unless it lists its own `seeds`).
     seeds: tuple[int, ...] = (0,)
     synthetic: Optional[SyntheticConfig] = None
     model: ModelConfig = ModelConfig()
@@ -347,6 +359,13 @@ class RunConfig:
             raise ValueError("scorers: scorer names must be unique")
         if "/" in self.experiment or self.experiment in ("", ".", ".."):
             raise ValueError("experiment: must be a plain name (no '/')")
+        # Checked here, not after hours of training: the report pairs every variant with the baseline by seed.
+        by_name = {v.name: set(v.seeds or self.seeds) for v in self.variants}
+        base = by_name.get(self.report.baseline)
+        lonely = [n for n, seeds in by_name.items() if base is not None and not seeds & base]
+        if lonely:
+            raise ValueError(f"variants: {lonely} share no seed with the baseline {self.report.baseline!r} "
+                             f"(seeds {sorted(base)}), so the report cannot pair them; give them one of those seeds")
 
 
 # --------------------------------------------------------------------------------------------

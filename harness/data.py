@@ -505,20 +505,25 @@ class DataSplit:
     eval_prompts: list[PromptRecord]
     # The pairs of the held-out prompts (never trained on; for held-out preference accuracy).
     eval_pairs: list[PreferencePair]
+    # Pairs of prompts beyond `train_prompts` (in no part).
+    unused_pairs: int = 0
 
     def sizes(self) -> dict[str, int]:
         return {"scorer_pairs": len(self.scorer_pairs), "train_pairs": len(self.train_pairs),
-                "eval_prompts": len(self.eval_prompts), "eval_pairs": len(self.eval_pairs)}
+                "eval_prompts": len(self.eval_prompts), "eval_pairs": len(self.eval_pairs),
+                "unused_pairs": self.unused_pairs}
 
 
-def split_pairs(pairs: Sequence[PreferencePair], *, seed: int, scorer_fraction: float, eval_prompts: int) -> DataSplit:
+def split_pairs(pairs: Sequence[PreferencePair], *, seed: int, scorer_fraction: float, eval_prompts: int,
+                train_prompts: int | None = None) -> DataSplit:
     """Split pairs into scorer-training, policy-training and held-out evaluation parts by prompt text.
 
     Rule: the distinct prompt texts are ordered by sha256("<seed>:<prompt text>"); the first
     `eval_prompts` are held out for evaluation, the next round(scorer_fraction x number of distinct
-    prompts) (at least 1 when the fraction is above 0) train the scorers, the rest train the
-    policies. A prompt text is in exactly one part with all its pairs; the result depends only on
-    the seed and the set of pairs (not their order), and parts keep the input order.
+    prompts) (at least 1 when the fraction is above 0) train the scorers, the next `train_prompts`
+    (all the rest when None) train the policies; prompts after those are unused. A prompt text is
+    in at most one part with all its pairs; the result depends only on the seed and the set of
+    pairs (not their order), and parts keep the input order.
     """
     first: dict[str, PreferencePair] = {}
     for p in pairs:
@@ -532,13 +537,21 @@ def split_pairs(pairs: Sequence[PreferencePair], *, seed: int, scorer_fraction: 
             f"data.scorer_fraction, or add data.")
     part = {k: "eval" for k in keys[:eval_prompts]}
     part.update({k: "scorer" for k in keys[eval_prompts:eval_prompts + n_scorer]})
-    by_part: dict[str, list[PreferencePair]] = {"eval": [], "scorer": [], "train": []}
+    rest = keys[eval_prompts + n_scorer:]
+    part.update({k: "unused" for k in rest[train_prompts:]} if train_prompts is not None else {})
+    by_part: dict[str, list[PreferencePair]] = {"eval": [], "scorer": [], "train": [], "unused": []}
     for p in pairs:
         by_part[part.get(prompt_key(p.prompt), "train")].append(p)
     held_out = [first[k] for k in first if part.get(k) == "eval"]
     records = [PromptRecord(prompt_id=p.id, prompt=p.prompt, source=p.source, meta=dict(p.meta)) for p in held_out]
     return DataSplit(scorer_pairs=by_part["scorer"], train_pairs=by_part["train"], eval_prompts=records,
-                     eval_pairs=by_part["eval"])
+                     eval_pairs=by_part["eval"], unused_pairs=len(by_part["unused"]))
+
+
+def split_data(pairs: Sequence[PreferencePair], data: DataConfig) -> DataSplit:
+    """split_pairs with the `data` section's settings."""
+    return split_pairs(pairs, seed=data.split_seed, scorer_fraction=data.scorer_fraction,
+                       eval_prompts=data.eval_prompts, train_prompts=data.train_prompts)
 
 
 # --------------------------------------------------------------------------------------------

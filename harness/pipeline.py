@@ -58,7 +58,7 @@ class Unit:
 
 
 def units_of(cfg: RunConfig) -> list[Unit]:
-    return [Unit(f"{v.name}-seed{s}", v, s) for v in cfg.variants for s in cfg.seeds]
+    return [Unit(f"{v.name}-seed{s}", v, s) for v in cfg.variants for s in (v.seeds or cfg.seeds)]
 
 
 def loss_defaults(loss: str) -> dict[str, Any]:
@@ -210,18 +210,18 @@ class Pipeline:
             "experiment": cfg.experiment, "baseline": cfg.report.baseline, "units": units,
             "scorers": [{"name": s.name, "score_type": s.score_type, "threshold": s.threshold} for s in cfg.scorers],
             "config": to_dict(cfg), "provenance": environment(), "data_hashes": self.data_hashes(),
-            "model_hash": self.model_hash() if cfg.variants else "", "seeds": list(cfg.seeds),
+            "model_hash": self.model_hash() if cfg.variants else "",
+            "seeds": sorted({u["seed"] for u in units if u["seed"] is not None}),
             "timestamps": {"written": timestamp()},
         }
         atomic_write_json(self.run.path("manifest.json"), manifest)
 
     # ---------------------------------------------------------------- stage actions
     def run_data(self) -> None:
-        from harness.data import load_sources, split_pairs
+        from harness.data import load_sources, split_data
 
         pairs, reports = load_sources(self.cfg.data)
-        split = split_pairs(pairs, seed=self.cfg.data.split_seed, scorer_fraction=self.cfg.data.scorer_fraction,
-                            eval_prompts=self.cfg.data.eval_prompts)
+        split = split_data(pairs, self.cfg.data)
         for r in reports:
             self.console.print(r.summary())
         self.console.print(f"split: {split.sizes()}")

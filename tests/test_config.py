@@ -84,6 +84,22 @@ def test_variant_train_overrides(tmp_path):
     assert variant_train_config(cfg, cfg.variants[0]).max_steps == cfg.train.max_steps
 
 
+def test_variant_seeds_override_run_seeds(tmp_path):
+    from harness.pipeline import units_of
+
+    data = {**BASE, "seeds": [0, 1, 2], "variants": [{"name": "dpo", "loss": "dpo"},
+                                                     {"name": "dpo-b1", "loss": "dpo", "params": {"beta": 1.0},
+                                                      "seeds": [1]}]}
+    cfg = load_config(write(tmp_path, data))
+    assert [u.name for u in units_of(cfg)] == ["dpo-seed0", "dpo-seed1", "dpo-seed2", "dpo-b1-seed1"]
+    data["variants"][1]["seeds"] = [7]
+    with pytest.raises(ConfigError, match=r"\['dpo-b1'\] share no seed with the baseline 'dpo'"):
+        load_config(write(tmp_path, data))
+    data["variants"][1]["seeds"] = []
+    with pytest.raises(ConfigError, match=r"'variants.1.seeds': at least one seed"):
+        load_config(write(tmp_path, data))
+
+
 def test_invalid_yaml_names_file_and_line(tmp_path):
     p = tmp_path / "bad.yaml"
     p.write_text("train:\n  max_steps: [1,\n")

@@ -422,6 +422,19 @@ def test_split_is_deterministic_disjoint_and_adds_up() -> None:
     assert none.scorer_pairs == [] and len(none.train_pairs) + len(none.eval_pairs) == len(pairs)
 
 
+def test_split_caps_policy_prompts() -> None:
+    pairs = _pairs_with_repeated_prompts()
+    full = split_pairs(pairs, seed=3, scorer_fraction=0.25, eval_prompts=20)
+    capped = split_pairs(pairs, seed=3, scorer_fraction=0.25, eval_prompts=20, train_prompts=7)
+    parts, capped_parts = _parts(full), _parts(capped)
+    # Eval and scorer parts do not move; the policy part is 7 of the full split's policy prompts.
+    assert capped_parts["eval"] == parts["eval"] and capped_parts["scorer"] == parts["scorer"]
+    assert len(capped_parts["train"]) == 7 and capped_parts["train"] < parts["train"]
+    assert capped.sizes()["unused_pairs"] == len(full.train_pairs) - len(capped.train_pairs) > 0
+    more = split_pairs(pairs, seed=3, scorer_fraction=0.25, eval_prompts=20, train_prompts=8)
+    assert capped_parts["train"] < _parts(more)["train"]  # a larger cap extends, it does not reshuffle
+
+
 def test_split_refuses_when_nothing_is_left_to_train() -> None:
     pairs = load_source(src("builtin-safety")).pairs[:10]
     with pytest.raises(UserError, match="only 10 distinct prompts"):

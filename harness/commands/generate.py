@@ -77,11 +77,10 @@ def run(args: argparse.Namespace) -> int:
     if args.prompts:
         prompts = read_prompt_records(args.prompts)
     else:
-        from harness.data import load_sources, split_pairs
+        from harness.data import load_sources, split_data
 
         pairs, _ = load_sources(cfg.data)
-        prompts = split_pairs(pairs, seed=cfg.data.split_seed, scorer_fraction=cfg.data.scorer_fraction,
-                              eval_prompts=cfg.data.eval_prompts).eval_prompts
+        prompts = split_data(pairs, cfg.data).eval_prompts
     prompts = prompts[: args.limit] if args.limit else prompts
 
     model_path = resolve_model_path(cfg.model.path)

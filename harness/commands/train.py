@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from harness.config import load_config, split_config_arg, variant_train_config
-    from harness.data import load_sources, split_pairs
+    from harness.data import load_sources, split_data
     from harness.errors import UserError
     from harness.registry import suggest
 
@@ -71,8 +71,7 @@ def run(args: argparse.Namespace) -> int:
     pairs, reports = load_sources(cfg.data)
     for report in reports:
         console.print(report.summary(), markup=False)
-    split = split_pairs(pairs, seed=cfg.data.split_seed, scorer_fraction=cfg.data.scorer_fraction,
-                        eval_prompts=cfg.data.eval_prompts)
+    split = split_data(pairs, cfg.data)
     console.print(f"training on {len(split.train_pairs)} pairs ({len(split.eval_prompts)} evaluation prompts and "
                   f"{len(split.scorer_pairs)} scorer pairs held out)", markup=False)
 
