@@ -179,10 +179,15 @@ class GenerateConfig:
     max_prompt_tokens: Optional[int] = None
     # GPUs one vLLM engine spreads a model over (vLLM only; the transformers generator needs 1).
     tensor_parallel_size: int = 1
+    # Answer only the first N held-out prompts (the split's seeded random order; null: all). The
+    # pairs of all held-out prompts still measure the trained scorers' accuracy.
+    max_prompts: Optional[int] = None
 
     def __post_init__(self) -> None:
         if self.n < 1 or self.max_new_tokens < 1 or self.batch_size < 1 or self.tensor_parallel_size < 1:
             raise ValueError("n, max_new_tokens, batch_size and tensor_parallel_size must be at least 1")
+        if self.max_prompts is not None and self.max_prompts < 1:
+            raise ValueError("max_prompts: must be at least 1 or null")
         if self.temperature < 0:
             raise ValueError("temperature: must be >= 0 (0 = greedy)")
         if not 0 < self.top_p <= 1:

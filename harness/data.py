@@ -523,7 +523,8 @@ def split_pairs(pairs: Sequence[PreferencePair], *, seed: int, scorer_fraction: 
     prompts) (at least 1 when the fraction is above 0) train the scorers, the next `train_prompts`
     (all the rest when None) train the policies; prompts after those are unused. A prompt text is
     in at most one part with all its pairs; the result depends only on the seed and the set of
-    pairs (not their order), and parts keep the input order.
+    pairs (not their order). Pair parts keep the input order; the evaluation prompts are in split
+    order, so any first N of them are a seeded random sample across sources.
     """
     first: dict[str, PreferencePair] = {}
     for p in pairs:
@@ -542,7 +543,7 @@ def split_pairs(pairs: Sequence[PreferencePair], *, seed: int, scorer_fraction: 
     by_part: dict[str, list[PreferencePair]] = {"eval": [], "scorer": [], "train": [], "unused": []}
     for p in pairs:
         by_part[part.get(prompt_key(p.prompt), "train")].append(p)
-    held_out = [first[k] for k in first if part.get(k) == "eval"]
+    held_out = [first[k] for k in keys[:eval_prompts]]  # split order: a seeded shuffle across sources
     records = [PromptRecord(prompt_id=p.id, prompt=p.prompt, source=p.source, meta=dict(p.meta)) for p in held_out]
     return DataSplit(scorer_pairs=by_part["scorer"], train_pairs=by_part["train"], eval_prompts=records,
                      eval_pairs=by_part["eval"], unused_pairs=len(by_part["unused"]))

@@ -237,7 +237,8 @@ class Pipeline:
         return [PreferencePair.from_dict(row, f"{path}") for row in read_jsonl(path)]
 
     def prompts(self) -> list[PromptRecord]:
-        rows = read_jsonl(self.run.path("data/prompts.jsonl"))
+        """The held-out prompts the policies answer: the first generate.max_prompts of data/prompts.jsonl."""
+        rows = read_jsonl(self.run.path("data/prompts.jsonl"))[: self.cfg.generate.max_prompts]
         return [PromptRecord(r["prompt_id"], tuple(r["prompt"]), r.get("source", ""), r.get("meta", {})) for r in rows]
 
     def run_synthetic(self) -> None:

@@ -435,6 +435,28 @@ def test_split_caps_policy_prompts() -> None:
     assert capped_parts["train"] < _parts(more)["train"]  # a larger cap extends, it does not reshuffle
 
 
+def test_pipeline_answers_a_mixed_sample_of_held_out_prompts(tmp_path: Path) -> None:
+    """generate.max_prompts takes the first N held-out prompts: a sample across both HH subsets."""
+    from harness.config import GenerateConfig, RunConfig
+    from harness.pipeline import Pipeline
+
+    data = DataConfig(sources=(
+        DataSourceConfig(format="hh-rlhf", name="harmless", max_pairs=200,
+                         path=str(shared_path("data/hh-rlhf/harmless-base/test.jsonl.gz"))),
+        DataSourceConfig(format="hh-rlhf", name="helpful", max_pairs=200,
+                         path=str(shared_path("data/hh-rlhf/helpful-base/test.jsonl.gz")))),
+        scorer_fraction=0.2, eval_prompts=100, train_prompts=50)
+    pipe = Pipeline(RunConfig(run_root=str(tmp_path), data=data, generate=GenerateConfig(max_prompts=20)),
+                    progress=False)
+    pipe.run_data()
+    sizes = json.loads(pipe.run.path("data/data_report.json").read_text())["split"]
+    assert sizes["eval_prompts"] == 100 and sizes["unused_pairs"] > 0
+    answered = pipe.prompts()
+    assert len(answered) == 20 and {p.source for p in answered} == {"harmless", "helpful"}
+    all_held_out = [json.loads(line)["prompt_id"] for line in pipe.run.path("data/prompts.jsonl").open()]
+    assert [p.prompt_id for p in answered] == all_held_out[:20]
+
+
 def test_split_refuses_when_nothing_is_left_to_train() -> None:
     pairs = load_source(src("builtin-safety")).pairs[:10]
     with pytest.raises(UserError, match="only 10 distinct prompts"):
