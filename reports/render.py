@@ -69,6 +69,19 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def scorer_notes(results: dict[str, Any]) -> list[str]:
+    """One line per scorer: what it measures and, when the run trained it, its held-out accuracy."""
+    lines = []
+    for sc in results["scorers"]:
+        h = sc.get("heldout")
+        quality = (f"held-out pairwise accuracy {h['accuracy']:.3f} [{h['ci_low']:.3f}, {h['ci_high']:.3f}] "
+                   f"({h['confidence']:.0%} CI, {h['n']} pairs never trained on)" if h else
+                   "a given model (its accuracy is not measured by this run)")
+        safe = f"; safe means score <= {sc['threshold']:g}" if sc["score_type"] == "cost" else ""
+        lines.append(f"{sc['name']} ({sc['score_type']}{safe}): {quality}")
+    return lines
+
+
 def leaderboard_md(results: dict[str, Any]) -> str:
     defs = results["metric_definitions"]
     cols = leaderboard_columns(results)
@@ -82,7 +95,8 @@ def leaderboard_md(results: dict[str, Any]) -> str:
     text = (f"# Leaderboard: {results['experiment']}\n\n"
             f"Baseline: {results['baseline']}. {results['n_prompts']} prompts x {results['n_samples_per_prompt']} "
             f"sample(s). Values: mean [{s['confidence']:.0%} bootstrap CI over seeds then prompts, "
-            f"{s['bootstrap_samples']} resamples]. Ordered by {s['primary_metric']}.\n\n")
+            f"{s['bootstrap_samples']} resamples]. Ordered by {s['primary_metric']}.\n\n"
+            "Scorers: " + "; ".join(scorer_notes(results)) + ".\n\n")
     text += _md_table(header, rows)
     text += "\n## Paired comparisons against the baseline\n\n" + _md_table(*_comparison_rows(results))
     return text
@@ -250,7 +264,8 @@ def index_html(run: RunData, results: dict[str, Any], plots: dict[str, bytes | N
             f"{results['n_prompts']} prompts x {results['n_samples_per_prompt']} sample(s); "
             f"seeds {esc(results['seeds'])}. Intervals: {s['confidence']:.0%} percentile bootstrap "
             f"({s['bootstrap_samples']} resamples, seed {s['seed']}) over seeds, then prompts. "
-            f"Win rate: P(better on the same prompt and sample), ties count 1/2.")
+            f"Win rate: P(better on the same prompt and sample), ties count 1/2.<br>Scorers: "
+            + "; ".join(esc(line) for line in scorer_notes(results)) + ".")
     sections = [
         ("Leaderboard", _leaderboard_html(results)),
         ("Paired comparisons against the baseline",

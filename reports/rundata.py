@@ -1,7 +1,8 @@
 """Read a run directory's result files into arrays, checking every row (reports read nothing else).
 
 Files read (schemas in harness/records.py): manifest.json, generations/<unit>.jsonl,
-scores/<unit>.<scorer>.jsonl, checkpoints/<unit>/train_log.jsonl (trained units only).
+scores/<unit>.<scorer>.jsonl, checkpoints/<unit>/train_log.jsonl (trained units only), and
+scorers/<scorer>/scorer.json where the run trained that scorer (its held-out accuracy).
 Every unit must cover the same (prompt_id, sample_idx) grid, so variants compare on the same
 prompts; a gap or a bad value is a one-line UserError naming the file, the line and the field.
 """
@@ -42,6 +43,8 @@ class RunData:
     n_samples: int
     units: dict[str, UnitData]
     input_hashes: dict[str, str]  # relative path -> sha256 of every file read
+    # Scorer name -> the held-out pairwise accuracy of a scorer this run trained (scorer.json "heldout").
+    scorer_heldout: dict[str, dict[str, Any]]
 
 
 def _key(row: dict[str, Any], where: str) -> Key:
@@ -156,9 +159,20 @@ def load_run(run_dir: str | Path) -> RunData:
             generations=gens,
             train_log=log,
         )
+    heldout = {}
+    for scorer in manifest.scorers:
+        path = root / "scorers" / scorer.name / "scorer.json"
+        if path.is_file():
+            block = read_json(path).get("heldout")
+            if not isinstance(block, dict):
+                raise UserError(f"{path}: field 'heldout': expected an object (the held-out accuracy). "
+                                f"Retrain the scorer with `bdpo run`.")
+            require_fields(block, ("accuracy", "ci_low", "ci_high", "n", "confidence"), str(path))
+            heldout[scorer.name] = {k: block[k] for k in ("accuracy", "ci_low", "ci_high", "n", "confidence")}
+            read.append(path)
     hashes = {str(p.relative_to(root)): sha256_file(p) for p in sorted(read)}
     # The manifest's timestamps change with every run: hash the rest, so results.json stays time-independent.
     hashes["manifest.json"] = sha256_json({k: v for k, v in read_json(root / "manifest.json").items()
                                            if k != "timestamps"})
     return RunData(root=root, manifest=manifest, prompt_ids=prompt_ids, n_samples=n_samples, units=units,
-                   input_hashes=hashes)
+                   input_hashes=hashes, scorer_heldout=heldout)

@@ -48,6 +48,9 @@ def _jsonl(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
 
 
+HELDOUT = {"accuracy": 0.653, "ci_low": 0.598, "ci_high": 0.705, "n": 300, "confidence": 0.95, "correct": 196}
+
+
 def write_run(root: Path, seed: int = 0) -> Path:
     """A complete run directory: 4 variants x 2 seeds + the reference, reward and cost scorers."""
     rng = np.random.default_rng(seed)
@@ -98,6 +101,9 @@ def write_run(root: Path, seed: int = 0) -> Path:
         "timestamps": {"train/dpo-seed0": "2026-01-01T00:00:00+00:00"},
     }
     (root / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    # The run trained its reward scorer (scorer.json with the held-out accuracy); the cost model was given.
+    (root / "scorers" / "reward").mkdir(parents=True)
+    (root / "scorers" / "reward" / "scorer.json").write_text(json.dumps({"heldout": HELDOUT, "offset": 0.0}))
     return root
 
 
@@ -245,6 +251,18 @@ def test_leaderboard_csv_and_md_agree_with_results(built):
     assert f"{dpo['value']:.3f} [{dpo['ci_low']:.3f}, {dpo['ci_high']:.3f}]" in md
 
 
+def test_scorer_quality_is_reported(built):
+    results = json.loads((built / "results.json").read_text())
+    reward, cost = results["scorers"]
+    assert reward["heldout"] == {k: HELDOUT[k] for k in ("accuracy", "ci_low", "ci_high", "n", "confidence")}
+    assert cost["heldout"] is None
+    assert "scorers/reward/scorer.json" in results["inputs"]
+    md = (built / "report" / "leaderboard.md").read_text()
+    assert "reward (reward): held-out pairwise accuracy 0.653 [0.598, 0.705] (95% CI, 300 pairs" in md
+    assert "cost (cost; safe means score <= 0): a given model" in md
+    assert "held-out pairwise accuracy 0.653" in (built / "report" / "index.html").read_text()
+
+
 def test_ablation_pivots_follow_the_sweep(built):
     results = json.loads((built / "results.json").read_text())
     board = {row["variant"]: row["metrics"] for row in results["leaderboard"]}
@@ -315,7 +333,7 @@ def test_minimal_run_one_seed_no_reference_reward_only(tmp_path):
     assert set(results["inputs"]) == {"manifest.json", "generations/dpo-seed0.jsonl", "generations/bdpo-c0.3-seed0.jsonl",
                                       "scores/dpo-seed0.reward.jsonl", "scores/bdpo-c0.3-seed0.reward.jsonl",
                                       "checkpoints/dpo-seed0/train_log.jsonl",
-                                      "checkpoints/bdpo-c0.3-seed0/train_log.jsonl"}
+                                      "checkpoints/bdpo-c0.3-seed0/train_log.jsonl", "scorers/reward/scorer.json"}
 
 
 # ---------------------------------------------------------------------------------------- escaping
@@ -390,6 +408,7 @@ def _corrupt_line(path: Path, lineno: int, edit) -> None:
     ("missing_row", ["scores/dpo-seed1.reward.jsonl", "p00"]),
     ("missing_log_field", ["checkpoints/dpo-seed0/train_log.jsonl:3", "lambda/mean"]),
     ("bad_manifest", ["manifest.json", "baseline", "nope"]),
+    ("scorer_without_accuracy", ["scorers/reward/scorer.json", "missing field 'ci_low'"]),
 ])
 def test_bad_inputs_give_one_line_errors_and_keep_the_old_report(pristine, tmp_path, case, expected, capsys):
     run = tmp_path / "run"
@@ -412,6 +431,8 @@ def test_bad_inputs_give_one_line_errors_and_keep_the_old_report(pristine, tmp_p
     elif case == "missing_log_field":
         _corrupt_line(run / "checkpoints/dpo-seed0/train_log.jsonl", 3,
                       lambda r: json.dumps({k: v for k, v in r.items() if k != "lambda/mean"}))
+    elif case == "scorer_without_accuracy":
+        (run / "scorers/reward/scorer.json").write_text(json.dumps({"heldout": {"accuracy": 0.6}}))
     elif case == "bad_manifest":
         m = json.loads((run / "manifest.json").read_text())
         m["baseline"] = "nope"
@@ -432,7 +453,7 @@ def test_bad_inputs_give_one_line_errors_and_keep_the_old_report(pristine, tmp_p
     assert {p: p.read_bytes() for p in (run / "report").rglob("*") if p.is_file()} == old
     assert (run / "results.json").read_bytes() == old_results
     assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "generations", "manifest.json", "report",
-                                                     "results.json", "scores"]
+                                                     "results.json", "scorers", "scores"]
 
 
 def test_manifest_validation_names_the_field():
