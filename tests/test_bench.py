@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from bench import common
+from tests.conftest import REPO
 
 
 @pytest.fixture(scope="module")
@@ -119,3 +120,24 @@ def test_flops_per_token_counts_every_matmul_parameter(tiny_llama: str) -> None:
     n_linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
     assert flops_per_token(config, seq=0) == 6 * n_linear
     assert flops_per_token(config, seq=10) - flops_per_token(config, seq=0) == 12 * config["num_hidden_layers"] * 64 * 10
+
+
+def test_paper_scale_counts_padding_units_and_references():
+    from bench.gpu_throughput import flops_per_token
+    from bench.paper_scale import LLAMA_7B, estimate, padded_tokens_per_pair
+    from harness.config import load_config
+
+    rows = [(3, 5), (2, 2), (7, 1), (4, 4)]
+    assert padded_tokens_per_pair(rows, batch=4) == 7 * 8 / 4  # one batch, every row padded to 7
+    assert padded_tokens_per_pair(rows, batch=1) == (10 + 4 + 14 + 8) / 4  # each pair padded to its longer row
+
+    cfg = load_config(str(REPO / "configs" / "paper-hh-7b.yaml"))
+    out = estimate(cfg, tokens_per_pair=100.0, mean_prompt_tokens=50.0, train_pairs=1000, model=LLAMA_7B,
+                   peak_flops=1e15, mfu=0.5, decode_tokens_per_s=1000.0)
+    # 4 variants x 3 seeds; a warmed-up reference per seed (300 steps of 64 pairs), none from the base.
+    assert out["units"] == 12 and out["references"] == 3
+    fpt = flops_per_token(LLAMA_7B, cfg.train.max_length)
+    hours = out["gpu_hours"]
+    assert hours["policy training"] == pytest.approx(12 * 2 * 1000 * 100 * fpt / 5e14 / 3600)
+    assert hours["reference warm-up"] == pytest.approx(3 * 300 * 64 * 100 * fpt / 5e14 / 3600)
+    assert hours["generation"] == pytest.approx(13 * 1000 * 256 / 1000 / 3600)
