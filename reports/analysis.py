@@ -25,13 +25,21 @@ from reports.stats import (
     wilcoxon_pvalue,
 )
 
-# Training diagnostics read from the last train_log row: metric key -> (log field, higher_is_better, label).
-TRAIN_METRICS: dict[str, tuple[str, bool | None, str]] = {
-    "train.reward_accuracy": ("rewards/accuracies", True, "reward accuracy"),
-    "train.margin": ("rewards/margins", True, "reward margin"),
-    "train.chosen_logp_drift": ("logps/chosen", None, "chosen log-prob drift"),
-    "train.lambda_mean": ("lambda/mean", None, "mean lambda"),
-    "train.log_grad_ratio": ("log_grad_ratio/mean", None, "mean log gradient ratio"),
+# How a training diagnostic summarises one unit's train_log.jsonl rows.
+TRAIN_AGGREGATES: dict[str, tuple[str, Callable[[list[float]], float]]] = {
+    "last": ("at the last logged step", lambda v: v[-1]),
+    "drift": ("last minus first logged value", lambda v: v[-1] - v[0]),
+    # Per-batch quantities (a step sees batch_size pairs): the run's average says more than one batch.
+    "mean": ("mean over all logged steps", lambda v: float(np.mean(v))),
+}
+# Training diagnostics: metric key -> (log field, higher_is_better, label, aggregate).
+TRAIN_METRICS: dict[str, tuple[str, bool | None, str, str]] = {
+    "train.reward_accuracy": ("rewards/accuracies", True, "reward accuracy", "last"),
+    "train.margin": ("rewards/margins", True, "reward margin", "last"),
+    "train.chosen_logp_drift": ("logps/chosen", None, "chosen log-prob drift", "drift"),
+    "train.lambda_mean": ("lambda/mean", None, "mean lambda", "mean"),
+    "train.log_grad_ratio": ("log_grad_ratio/mean", None, "mean log gradient ratio", "mean"),
+    "train.rejected_dominates": ("log_grad_ratio/rejected_dominates", None, "rejected-dominated share", "mean"),
 }
 
 
@@ -70,11 +78,9 @@ def metric_definitions(manifest: Manifest) -> dict[str, dict[str, Any]]:
                 "description": f"P({s.name} is {better} than the reference's on the same prompt and sample), ties 1/2"}
     defs["length.mean"] = {"label": "mean length", "higher_is_better": None,
                            "description": "mean completion length in tokens (n_tokens)"}
-    for key, (log_field, hib, label) in TRAIN_METRICS.items():
-        what = ("last minus first logged logps/chosen" if key == "train.chosen_logp_drift"
-                else f"'{log_field}' at the last logged step")
+    for key, (log_field, hib, label, how) in TRAIN_METRICS.items():
         defs[key] = {"label": label, "higher_is_better": hib,
-                     "description": f"training diagnostic: {what}, mean over seeds"}
+                     "description": f"training diagnostic: '{log_field}' {TRAIN_AGGREGATES[how][0]}, mean over seeds"}
     return defs
 
 
@@ -110,12 +116,9 @@ def _estimate(values: np.ndarray, settings: Settings, higher_is_better: bool | N
 
 
 def _train_value(log: list[dict[str, Any]], key: str) -> float | None:
-    field = TRAIN_METRICS[key][0]
-    last = log[-1][field]
-    if key == "train.chosen_logp_drift":
-        first = log[0][field]
-        return None if last is None or first is None else last - first
-    return last
+    field, _, _, how = TRAIN_METRICS[key]
+    values = [row[field] for row in log]
+    return None if any(v is None for v in values) else TRAIN_AGGREGATES[how][1](values)
 
 
 def _train_metric(run: RunData, units: list[Unit], key: str, settings: Settings) -> dict[str, Any] | None:

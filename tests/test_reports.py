@@ -188,7 +188,8 @@ def test_numbers_match_the_score_files(built):
             win_c = sum(1.0 if a < b else 0.5 if a == b else 0.0 for a, b in pc) / len(pc)
             assert metrics[f"reward.win_vs_{label}"]["value"] == pytest.approx(win_r, abs=1e-12)
             assert metrics[f"cost.win_vs_{label}"]["value"] == pytest.approx(win_c, abs=1e-12)
-        # Training diagnostics: the last logged row, averaged over seeds; drift = last minus first logps/chosen.
+        # Training diagnostics, averaged over seeds: accuracy and margin at the last logged row; drift = last minus
+        # first logps/chosen.
         if variant == "reference":
             assert metrics["train.reward_accuracy"] is None
             continue
@@ -202,8 +203,13 @@ def test_numbers_match_the_score_files(built):
         if variant == "dpo":
             assert metrics["train.lambda_mean"] is None  # not defined for DPO (null in its log)
         else:
+            # Per-batch quantities: the mean over every logged step, then over seeds.
             assert metrics["train.lambda_mean"]["value"] == pytest.approx(
-                sum(log[-1]["lambda/mean"] for log in logs) / len(logs), abs=1e-12)
+                sum(sum(r["lambda/mean"] for r in log) / len(log) for log in logs) / len(logs), abs=1e-12)
+        for key, field in (("train.log_grad_ratio", "log_grad_ratio/mean"),
+                           ("train.rejected_dominates", "log_grad_ratio/rejected_dominates")):
+            assert metrics[key]["value"] == pytest.approx(
+                sum(sum(r[field] for r in log) / len(log) for log in logs) / len(logs), abs=1e-12)
 
 
 def test_comparisons_match_the_score_files(built):
