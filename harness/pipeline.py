@@ -184,6 +184,9 @@ class Pipeline:
         if dry_run:
             return [(s.name, "cached" if fresh else "would run") for s, fresh in status]
         with RunLock(self.run.root):
+            removed = self.run.remove_stale_temporaries()
+            if removed:
+                self.console.print(f"removed {removed} temporary file(s) left by an interrupted run")
             self.write_config_and_manifest()
             todo = [s for s, fresh in status if not fresh]
             done: list[tuple[str, str]] = [(s.name, "cached") for s, fresh in status if fresh]

@@ -27,6 +27,13 @@ class StageRecord:
     outputs: tuple[str, ...]  # paths relative to the run directory
 
 
+# Hidden temporaries that a writer killed mid-write leaves: an atomic file write's
+# `.<name>.XXXX.tmp` (harness.io), a scorer's `.<name>.<pid>.tmp/` (trainers.scorer_training), and a
+# report swap's `.<name>-new-XXXX/` and `.<name>-old-XXXX/` (reports.build).
+STALE_SUFFIX = ".tmp"
+STALE_MARKERS = ("-new-", "-old-")
+
+
 class RunDir:
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root)
@@ -79,6 +86,26 @@ class RunDir:
                 elif p.exists():
                     p.unlink()
         atomic_write_text(started, fingerprint + "\n")
+
+    def remove_stale_temporaries(self) -> int:
+        """Delete what killed writers left behind; returns how many entries went. Call only while
+        holding the RunLock: no writer runs then, so every temporary is stale. A report swap killed
+        after setting the old report aside and before moving the new one in leaves the old report
+        in its `-old-` folder: it is moved back first, so nothing the user had is lost."""
+        def is_stale(name: str) -> bool:
+            return name.startswith(".") and (name.endswith(STALE_SUFFIX) or any(m in name for m in STALE_MARKERS))
+
+        stale = []
+        for folder, dirs, files in os.walk(self.root):
+            stale += [Path(folder) / name for name in dirs + files if is_stale(name)]
+            dirs[:] = [d for d in dirs if not is_stale(d)]  # not into a folder that goes anyway
+        for p in stale:
+            if "-old-" in p.name and p.is_dir():
+                for kept in p.iterdir():
+                    if not (p.parent / kept.name).exists():
+                        os.replace(kept, p.parent / kept.name)
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+        return len(stale)
 
     def stage_fingerprint(self, stage: str) -> str | None:
         rec = self._record_path(stage)

@@ -63,3 +63,22 @@ def test_atomic_writes_get_normal_permissions(tmp_path):
 
     atomic_write_text(tmp_path / "f.txt", "x")
     assert (tmp_path / "f.txt").stat().st_mode & 0o044 == 0o044  # group/other can read
+
+
+def test_stale_temporaries_are_removed_and_a_set_aside_report_restored(tmp_path):
+    run = RunDir(tmp_path)
+    (tmp_path / "scores").mkdir()
+    (tmp_path / "scores" / "a.reward.jsonl").write_text("{}\n")
+    (tmp_path / "scores" / ".a.reward.jsonl.x1y2.tmp").write_text("{")  # an atomic write, killed
+    (tmp_path / "scorers" / ".reward.123.tmp").mkdir(parents=True)  # a scorer save, killed
+    (tmp_path / "scorers" / ".reward.123.tmp" / "model.safetensors").write_bytes(b"x")
+    (tmp_path / ".report-new-abc").mkdir()  # a report build, killed before its swap
+    # A swap killed after the old report was set aside: report/ is gone, the old one waits in -old-.
+    (tmp_path / ".report-old-def" / "report").mkdir(parents=True)
+    (tmp_path / ".report-old-def" / "report" / "index.html").write_text("old report")
+    (tmp_path / ".lock").write_text("")
+    assert run.remove_stale_temporaries() == 4
+    assert (tmp_path / "report" / "index.html").read_text() == "old report"
+    left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    assert left == [".lock", "report", "report/index.html", "scorers", "scores", "scores/a.reward.jsonl"]
+    assert run.remove_stale_temporaries() == 0
