@@ -24,6 +24,7 @@ from harness.data import render_prompt
 from harness.errors import UserError
 from harness.io import atomic_write_jsonl, iter_jsonl, sha256_json
 from harness.models import model_hash
+from harness.progress import progress_bar
 from harness.records import GENERATION_FIELDS, PromptRecord, require_fields
 
 from evaluators.generators import Completion, Generator, sampling_settings
@@ -156,7 +157,7 @@ def generate_to_file(generator: Generator, prompts: Sequence[PromptRecord], out_
     atomic_write_jsonl(side, partial)
 
     new_tokens, seconds = 0, 0.0
-    with _progress(progress, console) as bar:
+    with progress_bar(progress, console) as bar:
         task = bar.add_task(f"generating ({generator.name})", total=len(todo))
         with open(side, "a", encoding="utf-8") as f:
             for start in range(0, len(todo), settings.batch_size):
@@ -185,10 +186,3 @@ def generate_to_file(generator: Generator, prompts: Sequence[PromptRecord], out_
     generated = len(todo) * settings.n
     return GenerationStats(generator=engine, rows_total=len(rows), rows_generated=generated,
                            rows_reused=len(rows) - generated, new_tokens=new_tokens, seconds=seconds)
-
-
-def _progress(enabled: bool, console: Optional[Any]) -> Any:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    console=console, disable=not enabled, transient=False)

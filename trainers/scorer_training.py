@@ -39,6 +39,7 @@ from harness.config import ScorerConfig
 from harness.errors import UserError
 from harness.io import atomic_write_json, sha256_json
 from harness.models import load_kwargs
+from harness.progress import progress_bar
 from harness.provenance import environment
 from harness.records import PreferencePair
 
@@ -162,30 +163,30 @@ def _train(pairs: Sequence[PreferencePair], score_type: str, tmp: Path, *, max_s
     rng = random.Random(seed)
     order: list[int] = []
     losses: list[float] = []
-    bar = _progress_bar(progress, max_steps, f"training {score_type} model")
-    for step in range(max_steps):
-        if len(order) < batch_size:  # a fresh shuffled pass over the pairs
-            fresh = list(range(len(pairs)))
-            rng.shuffle(fresh)
-            order += fresh
-        rows, order = order[:batch_size], order[batch_size:]
-        batch = tokenizer.pad([encoded[i][0] for i in rows] + [encoded[i][1] for i in rows], return_tensors="pt")
-        batch = {k: v.to(model.device) for k, v in batch.items()}
-        with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=bf16):
-            scores = model(**batch).logits.squeeze(-1).float()  # [2B]: chosen then rejected
-        chosen, rejected = scores[:len(rows)], scores[len(rows):]
-        loss = bt_loss(chosen, rejected, score_type, *signs[rows].T.to(model.device)) if labelled else \
-            bt_loss(chosen, rejected, score_type)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-        if not math.isfinite(losses[-1]):
-            raise UserError(f"training diverged at step {step} (loss {losses[-1]}); lower --lr.")
-        bar.update(step + 1, loss=sum(losses[-20:]) / len(losses[-20:]))
-    bar.close()
+    with progress_bar(progress, fields=("loss",)) as bar:
+        task = bar.add_task(f"training {score_type} model", total=max_steps, loss=float("nan"))
+        for step in range(max_steps):
+            if len(order) < batch_size:  # a fresh shuffled pass over the pairs
+                fresh = list(range(len(pairs)))
+                rng.shuffle(fresh)
+                order += fresh
+            rows, order = order[:batch_size], order[batch_size:]
+            batch = tokenizer.pad([encoded[i][0] for i in rows] + [encoded[i][1] for i in rows], return_tensors="pt")
+            batch = {k: v.to(model.device) for k, v in batch.items()}
+            with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=bf16):
+                scores = model(**batch).logits.squeeze(-1).float()  # [2B]: chosen then rejected
+            chosen, rejected = scores[:len(rows)], scores[len(rows):]
+            loss = bt_loss(chosen, rejected, score_type, *signs[rows].T.to(model.device)) if labelled else \
+                bt_loss(chosen, rejected, score_type)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+            if not math.isfinite(losses[-1]):
+                raise UserError(f"training diverged at step {step} (loss {losses[-1]}); lower --lr.")
+            bar.update(task, completed=step + 1, loss=sum(losses[-20:]) / len(losses[-20:]))
     train_seconds = time.time() - started
 
     model.save_pretrained(tmp, safe_serialization=True)
@@ -247,35 +248,3 @@ def _version(package: str) -> str:
         return importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:
         return "unknown"
-
-
-class _NoBar:
-    def update(self, step: int, **metrics: float) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-class _RichBar:
-    """A rich progress bar on stderr with the running loss."""
-
-    def __init__(self, total: int, description: str) -> None:
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("loss {task.fields[loss]:.4f}"), TimeRemainingColumn(),
-                                 console=Console(stderr=True))
-        self.task = self.progress.add_task(description, total=total, loss=float("nan"))
-        self.progress.start()
-
-    def update(self, step: int, **metrics: float) -> None:
-        self.progress.update(self.task, completed=step, **metrics)
-
-    def close(self) -> None:
-        self.progress.stop()
-
-
-def _progress_bar(show: bool, total: int, description: str) -> _NoBar | _RichBar:
-    return _RichBar(total, description) if show else _NoBar()

@@ -36,6 +36,7 @@ from torch import Tensor
 from harness.config import ConfigError, SyntheticConfig, check_kwargs, to_dict
 from harness.errors import UserError
 from harness.io import atomic_write_json
+from harness.progress import progress_bar
 from harness.provenance import environment, timestamp
 from harness.registries import LOSSES
 from trainers.losses import LossOutput, PairLogps
@@ -454,14 +455,11 @@ def summarise(cfg: SyntheticConfig, sim: dict[str, Any]) -> dict[str, Any]:
 
 def run_synthetic(cfg: SyntheticConfig, out_dir: Path, progress: bool = True) -> dict[str, Any]:
     """Run the whole grid and write `out_dir/results.json` atomically; return the results it wrote."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     started = time.perf_counter()
     total = cfg.ref_warmup_steps + cfg.steps
     n_runs = len(cfg.methods) * cfg.n_seeds * len(cfg.mask_rates)
-    with Progress(TextColumn(f"synthetic: {n_runs} runs"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  disable=not progress, transient=True) as bar:
-        task = bar.add_task("steps", total=total)
+    with progress_bar(progress, transient=True) as bar:
+        task = bar.add_task(f"synthetic: {n_runs} runs, steps", total=total)
         sim = simulate(cfg, progress=lambda: bar.advance(task))
     results = summarise(cfg, sim)
     results["environment"] = environment()

@@ -42,7 +42,7 @@ def read_prompts(path: str) -> dict[str, tuple]:
 
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
-    from rich.progress import Progress
+    from harness.progress import progress_bar
 
     from evaluators.scorers import ScoreError, build_scorer
     from harness.config import ScorerConfig
@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     scorer = build_scorer(config)
     scores: list[float] = []
     chunk = args.batch_size * 8  # several length-bucketed batches per progress update
-    with Progress(console=Console(stderr=True)) as progress:
+    with progress_bar() as progress:
         task = progress.add_task(f"scoring with {kind}", total=len(inputs))
         for start in range(0, len(inputs), chunk):
             part = inputs[start:start + chunk]
