@@ -204,8 +204,10 @@ class Pipeline:
         cfg = self.cfg
         atomic_write_text(self.run.path("config.yaml"), dump_config(cfg))
         sweeps = sweep_fields(cfg) if cfg.variants else {}
+        # Params with the loss's defaults filled in: the report reads beta from them.
         units = [{"unit": u.name, "variant": u.variant.name, "seed": u.seed, "loss": u.variant.loss,
-                  "params": u.variant.params, "train": u.variant.train, "sweep": sweeps[u.variant.name]}
+                  "params": {**loss_defaults(u.variant.loss), **u.variant.params}, "train": u.variant.train,
+                  "sweep": sweeps[u.variant.name]}
                  for u in units_of(cfg) if u.variant is not None]
         units.append({"unit": REFERENCE, "variant": REFERENCE, "seed": None, "loss": None, "params": {}, "train": {},
                       "sweep": {}})

@@ -25,18 +25,23 @@ from reports.stats import (
     wilcoxon_pvalue,
 )
 
-# How a training diagnostic summarises one unit's train_log.jsonl rows.
-TRAIN_AGGREGATES: dict[str, tuple[str, Callable[[list[float]], float]]] = {
-    "last": ("at the last logged step", lambda v: v[-1]),
-    "drift": ("last minus first logged value", lambda v: v[-1] - v[0]),
+# How a training diagnostic summarises one unit's train_log.jsonl rows (values of the log field, and
+# the unit's beta).
+TRAIN_AGGREGATES: dict[str, tuple[str, Callable[[list[float], float | None], float | None]]] = {
+    "last": ("at the last logged step", lambda v, beta: v[-1]),
     # Per-batch quantities (a step sees batch_size pairs): the run's average says more than one batch.
-    "mean": ("mean over all logged steps", lambda v: float(np.mean(v))),
+    "mean": ("mean over all logged steps", lambda v, beta: float(np.mean(v))),
+    # rewards/* are beta x (log pi - log pi_ref) of the step's batch, before its update: divided by
+    # beta, how far the policy has moved that log-prob from the reference on the same pairs.
+    "mean/beta": ("divided by the loss's beta (log pi - log pi_ref on the step's batch), mean over all "
+                  "logged steps", lambda v, beta: None if not beta else float(np.mean(v)) / beta),
 }
 # Training diagnostics: metric key -> (log field, higher_is_better, label, aggregate).
 TRAIN_METRICS: dict[str, tuple[str, bool | None, str, str]] = {
     "train.reward_accuracy": ("rewards/accuracies", True, "reward accuracy", "last"),
     "train.margin": ("rewards/margins", True, "reward margin", "last"),
-    "train.chosen_logp_drift": ("logps/chosen", None, "chosen log-prob drift", "drift"),
+    "train.chosen_logp_drift": ("rewards/chosen", None, "chosen log-prob drift", "mean/beta"),
+    "train.rejected_logp_drift": ("rewards/rejected", None, "rejected log-prob drift", "mean/beta"),
     "train.lambda_mean": ("lambda/mean", None, "mean lambda", "mean"),
     "train.log_grad_ratio": ("log_grad_ratio/mean", None, "mean log gradient ratio", "mean"),
     "train.rejected_dominates": ("log_grad_ratio/rejected_dominates", None, "rejected-dominated share", "mean"),
@@ -115,14 +120,14 @@ def _estimate(values: np.ndarray, settings: Settings, higher_is_better: bool | N
             "n_seeds": int(values.shape[0]), "higher_is_better": higher_is_better}
 
 
-def _train_value(log: list[dict[str, Any]], key: str) -> float | None:
+def _train_value(unit: Unit, log: list[dict[str, Any]], key: str) -> float | None:
     field, _, _, how = TRAIN_METRICS[key]
     values = [row[field] for row in log]
-    return None if any(v is None for v in values) else TRAIN_AGGREGATES[how][1](values)
+    return None if any(v is None for v in values) else TRAIN_AGGREGATES[how][1](values, unit.params.get("beta"))
 
 
 def _train_metric(run: RunData, units: list[Unit], key: str, settings: Settings) -> dict[str, Any] | None:
-    values = [_train_value(run.units[u.unit].train_log, key) for u in units if run.units[u.unit].train_log]
+    values = [_train_value(u, run.units[u.unit].train_log, key) for u in units if run.units[u.unit].train_log]
     if not values or any(v is None for v in values):
         return None
     hib = TRAIN_METRICS[key][1]

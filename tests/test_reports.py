@@ -86,7 +86,6 @@ def write_run(root: Path, seed: int = 0) -> Path:
             for step in range(1, 6):
                 row = {f: float(rng.normal()) for f in TRAIN_LOG_FIELDS}
                 row["step"] = step
-                row["logps/chosen"] = -50.0 - 2.0 * step + float(rng.normal())
                 if u["loss"] == "dpo":
                     row["lambda/mean"] = row["lambda/min"] = row["lambda/max"] = None
                 log.append(row)
@@ -188,16 +187,18 @@ def test_numbers_match_the_score_files(built):
             win_c = sum(1.0 if a < b else 0.5 if a == b else 0.0 for a, b in pc) / len(pc)
             assert metrics[f"reward.win_vs_{label}"]["value"] == pytest.approx(win_r, abs=1e-12)
             assert metrics[f"cost.win_vs_{label}"]["value"] == pytest.approx(win_c, abs=1e-12)
-        # Training diagnostics, averaged over seeds: accuracy and margin at the last logged row; drift = last minus
-        # first logps/chosen.
+        # Training diagnostics, averaged over seeds: accuracy and margin at the last logged row.
         if variant == "reference":
             assert metrics["train.reward_accuracy"] is None
             continue
         logs = [_read(built / "checkpoints" / u["unit"] / "train_log.jsonl") for u in units[variant]]
         acc = sum(log[-1]["rewards/accuracies"] for log in logs) / len(logs)
-        drift = sum(log[-1]["logps/chosen"] - log[0]["logps/chosen"] for log in logs) / len(logs)
+        beta = VARIANTS[variant][1]["beta"]
         assert metrics["train.reward_accuracy"]["value"] == pytest.approx(acc, abs=1e-12)
-        assert metrics["train.chosen_logp_drift"]["value"] == pytest.approx(drift, abs=1e-12)
+        for key, field in (("train.chosen_logp_drift", "rewards/chosen"), ("train.rejected_logp_drift", "rewards/rejected")):
+            # rewards/* = beta (log pi - log pi_ref) of each step's batch: / beta, mean over steps, then seeds.
+            drift = sum(sum(r[field] for r in log) / len(log) / beta for log in logs) / len(logs)
+            assert metrics[key]["value"] == pytest.approx(drift, abs=1e-12)
         assert metrics["train.margin"]["value"] == pytest.approx(
             sum(log[-1]["rewards/margins"] for log in logs) / len(logs), abs=1e-12)
         if variant == "dpo":
