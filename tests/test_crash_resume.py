@@ -236,6 +236,10 @@ def crash_run(config: Path, cwd: Path, took: dict[str, float], seed: int) -> lis
                         delay = rng.uniform(0.05, 0.6) * took[kind]
                     if target is not None and deadline is None and (anchor is None or written_since(anchor, since)):
                         deadline = time.time() + delay
+                    elif target is not None and deadline is None and stage != target:
+                        # The target ended before its work file appeared (an earlier kill had left it
+                        # nothing to do but its record): aim at the next stage instead.
+                        target, anchor = None, None
                     if deadline is not None and time.time() >= deadline:
                         break
                     time.sleep(0.005)
