@@ -169,8 +169,10 @@ def load_run(run_dir: str | Path) -> RunData:
                                 f"Retrain the scorer with `bdpo run`.")
             require_fields(block, ("accuracy", "ci_low", "ci_high", "n", "confidence"), str(path))
             heldout[scorer.name] = {k: block[k] for k in ("accuracy", "ci_low", "ci_high", "n", "confidence")}
-            read.append(path)
     hashes = {str(p.relative_to(root)): sha256_file(p) for p in sorted(read)}
+    # scorer.json also holds timings and the environment: hash the part read, so results.json stays
+    # the same for the same results.
+    hashes.update({f"scorers/{name}/scorer.json#heldout": sha256_json(block) for name, block in heldout.items()})
     # The manifest's timestamps change with every run: hash the rest, so results.json stays time-independent.
     hashes["manifest.json"] = sha256_json({k: v for k, v in read_json(root / "manifest.json").items()
                                            if k != "timestamps"})

@@ -263,7 +263,7 @@ def test_scorer_quality_is_reported(built):
     reward, cost = results["scorers"]
     assert reward["heldout"] == {k: HELDOUT[k] for k in ("accuracy", "ci_low", "ci_high", "n", "confidence")}
     assert cost["heldout"] is None
-    assert "scorers/reward/scorer.json" in results["inputs"]
+    assert "scorers/reward/scorer.json#heldout" in results["inputs"]
     md = (built / "report" / "leaderboard.md").read_text()
     assert "reward (reward): held-out pairwise accuracy 0.653 [0.598, 0.705] (95% CI, 300 pairs" in md
     assert "cost (cost; safe means score <= 0): a given model" in md
@@ -340,7 +340,7 @@ def test_minimal_run_one_seed_no_reference_reward_only(tmp_path):
     assert set(results["inputs"]) == {"manifest.json", "generations/dpo-seed0.jsonl", "generations/bdpo-c0.3-seed0.jsonl",
                                       "scores/dpo-seed0.reward.jsonl", "scores/bdpo-c0.3-seed0.reward.jsonl",
                                       "checkpoints/dpo-seed0/train_log.jsonl",
-                                      "checkpoints/bdpo-c0.3-seed0/train_log.jsonl", "scorers/reward/scorer.json"}
+                                      "checkpoints/bdpo-c0.3-seed0/train_log.jsonl", "scorers/reward/scorer.json#heldout"}
 
 
 # ---------------------------------------------------------------------------------------- escaping
