@@ -50,34 +50,36 @@ def padded_tokens_per_pair(rows: list[tuple[int, int]], batch: int, seed: int = 
 def estimate(cfg: Any, tokens_per_pair: float, mean_prompt_tokens: float, train_pairs: int, model: dict[str, Any],
              peak_flops: float, mfu: float, decode_tokens_per_s: float) -> dict[str, Any]:
     """GPU seconds of each part of the study `cfg` (a RunConfig) at the given throughput."""
-    from harness.config import variant_train_config
+    from harness.config import to_dict, variant_train_config
+    from harness.io import sha256_json
+    from harness.pipeline import units_of
 
-    seq = cfg.train.max_length
-    train_fpt, fwd_fpt = flops_per_token(model, seq), flops_per_token(model, seq) / 3
-    units, warmups, train_flops = 0, set(), 0.0
-    for v in cfg.variants:
-        tcfg = variant_train_config(cfg, v)
+    train_fpt = flops_per_token(model, cfg.train.max_length)  # forward + backward; a forward is a third
+    units = units_of(cfg)
+    train_flops, base_reference = 0.0, False
+    warmups: dict[tuple[int | None, str], int] = {}  # (seed, train settings) -> pairs the warm-up trains on
+    for u in units:
+        tcfg = variant_train_config(cfg, u.variant)
         per_step = tcfg.batch_size * tcfg.grad_accum
         pairs = tcfg.epochs * train_pairs if tcfg.epochs is not None else tcfg.max_steps * per_step
-        for seed in v.seeds or cfg.seeds:
-            units += 1
-            train_flops += pairs * tokens_per_pair * train_fpt
-            if tcfg.reference_warmup_steps:
-                warmups.add((seed, tcfg.reference_warmup_steps, per_step))
-    warmup_flops = sum(steps * per_step * tokens_per_pair * train_fpt for _, steps, per_step in warmups)
-    references = max(1, len(warmups) + any(not variant_train_config(cfg, v).reference_warmup_steps
-                                           for v in cfg.variants))
-    reference_flops = references * train_pairs * tokens_per_pair * fwd_fpt
-    prompts = cfg.data.eval_prompts if cfg.generate.max_prompts is None else cfg.generate.max_prompts
-    policies = units + 1  # and the untrained reference
+        train_flops += pairs * tokens_per_pair * train_fpt
+        if tcfg.reference_warmup_steps:  # shared by units of one seed and train settings, as reference.warmup_dir
+            warmups[(u.seed, sha256_json(to_dict(tcfg)))] = tcfg.reference_warmup_steps * per_step
+        else:
+            base_reference = True
+    warmup_flops = sum(warmups.values()) * tokens_per_pair * train_fpt
+    references = len(warmups) + base_reference
+    reference_flops = references * train_pairs * tokens_per_pair * train_fpt / 3
+    prompts = cfg.generate.max_prompts or cfg.data.eval_prompts
+    policies = len(units) + 1  # and the untrained reference
     new_tokens = policies * prompts * cfg.generate.max_new_tokens * cfg.generate.n
     scoring_flops = (len(cfg.scorers) * policies * prompts * cfg.generate.n
-                     * (mean_prompt_tokens + cfg.generate.max_new_tokens) * flops_per_token(model, seq) / 3)
+                     * (mean_prompt_tokens + cfg.generate.max_new_tokens) * train_fpt / 3)
     rate = peak_flops * mfu
     seconds = {"policy training": train_flops / rate, "reference warm-up": warmup_flops / rate,
                "reference log-probs": reference_flops / rate, "generation": new_tokens / decode_tokens_per_s,
                "scoring": scoring_flops / rate}
-    return {"units": units, "references": references, "generated_tokens": new_tokens,
+    return {"units": len(units), "references": references, "generated_tokens": new_tokens,
             "gpu_hours": {k: v / 3600 for k, v in seconds.items()}, "gpu_hours_total": sum(seconds.values()) / 3600}
 
 

@@ -365,12 +365,15 @@ class RunConfig:
         if "/" in self.experiment or self.experiment in ("", ".", ".."):
             raise ValueError("experiment: must be a plain name (no '/')")
         # Checked here, not after hours of training: the report pairs every variant with the baseline by seed.
-        by_name = {v.name: set(v.seeds or self.seeds) for v in self.variants}
-        base = by_name.get(self.report.baseline)
-        lonely = [n for n, seeds in by_name.items() if base is not None and not seeds & base]
+        base = next((set(self.variant_seeds(v)) for v in self.variants if v.name == self.report.baseline), None)
+        lonely = [v.name for v in self.variants if base is not None and not base & set(self.variant_seeds(v))]
         if lonely:
             raise ValueError(f"variants: {lonely} share no seed with the baseline {self.report.baseline!r} "
                              f"(seeds {sorted(base)}), so the report cannot pair them; give them one of those seeds")
+
+    def variant_seeds(self, variant: VariantConfig) -> tuple[int, ...]:
+        """The seeds `variant` is trained with: its own `seeds`, else the run's."""
+        return variant.seeds or self.seeds
 
 
 # --------------------------------------------------------------------------------------------

@@ -538,8 +538,8 @@ def split_pairs(pairs: Sequence[PreferencePair], *, seed: int, scorer_fraction: 
             f"data.scorer_fraction, or add data.")
     part = {k: "eval" for k in keys[:eval_prompts]}
     part.update({k: "scorer" for k in keys[eval_prompts:eval_prompts + n_scorer]})
-    rest = keys[eval_prompts + n_scorer:]
-    part.update({k: "unused" for k in rest[train_prompts:]} if train_prompts is not None else {})
+    if train_prompts is not None:
+        part.update({k: "unused" for k in keys[eval_prompts + n_scorer + train_prompts:]})
     by_part: dict[str, list[PreferencePair]] = {"eval": [], "scorer": [], "train": [], "unused": []}
     for p in pairs:
         by_part[part.get(prompt_key(p.prompt), "train")].append(p)

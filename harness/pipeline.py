@@ -58,12 +58,14 @@ class Unit:
 
 
 def units_of(cfg: RunConfig) -> list[Unit]:
-    return [Unit(f"{v.name}-seed{s}", v, s) for v in cfg.variants for s in (v.seeds or cfg.seeds)]
+    return [Unit(f"{v.name}-seed{s}", v, s) for v in cfg.variants for s in cfg.variant_seeds(v)]
 
 
-def loss_defaults(loss: str) -> dict[str, Any]:
-    sig = inspect.signature(LOSSES.get(loss))
-    return {n: p.default for n, p in sig.parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+def loss_params(variant: VariantConfig) -> dict[str, Any]:
+    """The variant's loss parameters with the loss's defaults filled in."""
+    sig = inspect.signature(LOSSES.get(variant.loss))
+    defaults = {n: p.default for n, p in sig.parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    return {**defaults, **variant.params}
 
 
 def sweep_fields(cfg: RunConfig) -> dict[str, dict[str, Any]]:
@@ -71,7 +73,7 @@ def sweep_fields(cfg: RunConfig) -> dict[str, dict[str, Any]]:
     flat = {}
     for v in cfg.variants:
         train = to_dict(variant_train_config(cfg, v))
-        flat[v.name] = {"loss": v.loss, **{**loss_defaults(v.loss), **v.params},
+        flat[v.name] = {"loss": v.loss, **loss_params(v),
                         **{f"train.{k}": train[k] for k in train if k != "lora"}}
     keys = sorted({k for d in flat.values() for k in d})
     varying = [k for k in keys if len({repr(d.get(k)) for d in flat.values()}) > 1]
@@ -206,8 +208,7 @@ class Pipeline:
         sweeps = sweep_fields(cfg) if cfg.variants else {}
         # Params with the loss's defaults filled in: the report reads beta from them.
         units = [{"unit": u.name, "variant": u.variant.name, "seed": u.seed, "loss": u.variant.loss,
-                  "params": {**loss_defaults(u.variant.loss), **u.variant.params}, "train": u.variant.train,
-                  "sweep": sweeps[u.variant.name]}
+                  "params": loss_params(u.variant), "train": u.variant.train, "sweep": sweeps[u.variant.name]}
                  for u in units_of(cfg) if u.variant is not None]
         units.append({"unit": REFERENCE, "variant": REFERENCE, "seed": None, "loss": None, "params": {}, "train": {},
                       "sweep": {}})

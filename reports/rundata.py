@@ -20,6 +20,8 @@ from harness.io import iter_jsonl, read_json, require_finite, sha256_file, sha25
 from harness.records import TRAIN_LOG_FIELDS, require_fields
 from reports.manifest import Manifest, Unit, load_manifest
 
+# The held-out accuracy block of a trained scorer's scorer.json that the report reads.
+HELDOUT_FIELDS = ("accuracy", "ci_low", "ci_high", "n", "confidence")
 GENERATION_COLUMNS = ("prompt_id", "sample_idx", "prompt", "response", "n_tokens", "finish_reason")
 Key = tuple[str, int]
 
@@ -167,8 +169,8 @@ def load_run(run_dir: str | Path) -> RunData:
             if not isinstance(block, dict):
                 raise UserError(f"{path}: field 'heldout': expected an object (the held-out accuracy). "
                                 f"Retrain the scorer with `bdpo run`.")
-            require_fields(block, ("accuracy", "ci_low", "ci_high", "n", "confidence"), str(path))
-            heldout[scorer.name] = {k: block[k] for k in ("accuracy", "ci_low", "ci_high", "n", "confidence")}
+            require_fields(block, HELDOUT_FIELDS, str(path))
+            heldout[scorer.name] = {k: block[k] for k in HELDOUT_FIELDS}
     hashes = {str(p.relative_to(root)): sha256_file(p) for p in sorted(read)}
     # scorer.json also holds timings and the environment: hash the part read, so results.json stays
     # the same for the same results.
