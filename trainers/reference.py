@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import logging
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -27,6 +28,8 @@ from harness.models import model_hash
 from harness.io import atomic_path, sha256_json
 from harness.progress import progress_bar
 from trainers.logprobs import TokenizedPair, collate, sequence_logps, tokenization_hash
+
+log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
 # Files that define a model's weights and architecture (tokenizer files are covered by the token ids).
@@ -105,6 +108,9 @@ def reference_logps(model_dir: str | Path, pairs: Sequence[TokenizedPair], *, ca
                 path.parent.mkdir(parents=True, exist_ok=True)
                 with atomic_path(path) as tmp:
                     save_file({"chosen": chosen, "rejected": rejected}, str(tmp), metadata={"key": key})
+    state = PartialState()
+    log.info("reference log-probs of %d pairs %s (process %d of %d)", len(pairs),
+             "read from the cache" if hit else "computed", state.process_index + 1, state.num_processes)
     tensors = load_file(str(path))
     if tensors["chosen"].shape[0] != len(pairs):
         raise RuntimeError(f"{path}: holds {tensors['chosen'].shape[0]} pairs, expected {len(pairs)}")

@@ -314,6 +314,22 @@ class _ProgressBar(TrainerCallback):
 # --------------------------------------------------------------------------------------------
 
 
+def _check_distributed() -> None:
+    """Refuse a launch whose sharding accelerate would silently drop: accelerate enables FSDP only
+    on GPUs and other accelerators; on CPU processes it runs plain DDP over gloo, with every process
+    holding the whole model."""
+    from accelerate import PartialState
+    from accelerate.utils import DistributedType
+
+    asked = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+    state = PartialState()
+    if asked and state.distributed_type != DistributedType.FSDP:
+        raise UserError(f"FSDP was asked for (ACCELERATE_USE_FSDP=true), but accelerate runs these processes as "
+                        f"{state.distributed_type.value}: it shards with FSDP only on GPUs or other accelerators. "
+                        "On CPUs launch plain DDP instead (`accelerate launch --multi_gpu --num_processes N`), or "
+                        "run on GPUs.")
+
+
 def _dtype(model_cfg: ModelConfig) -> torch.dtype:
     """auto = bfloat16 on GPU, float32 on CPU."""
     if model_cfg.dtype == "auto":
@@ -400,9 +416,13 @@ def _check_output_dir(output_dir: Path, fingerprint: dict[str, Any]) -> dict[str
             raise UserError(f"{output_dir}: holds a training with other settings, data or model ({FINGERPRINT} "
                             "differs). Choose another output directory, or delete this one to retrain.")
         return read_json(record_path) if record_path.exists() else None
-    if output_dir.exists() and any(output_dir.iterdir()):
-        raise UserError(f"{output_dir}: not empty and not a training output directory. Choose an empty or new "
-                        "directory; nothing in this one was changed.")
+    # Hidden temporaries (`.name.XXXX.tmp`) are what a writer killed mid-write leaves, never a user's file.
+    found = sorted(p.name for p in output_dir.iterdir()
+                   if not (p.name.startswith(".") and p.name.endswith(".tmp"))) if output_dir.exists() else []
+    if found:
+        shown = ", ".join(found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
+        raise UserError(f"{output_dir}: not empty ({shown}) and not a training output directory. Choose an empty "
+                        "or new directory; nothing in this one was changed.")
     return None
 
 
@@ -452,6 +472,7 @@ def train_policy(model_cfg: ModelConfig, train_cfg: TrainConfig, variant: Varian
     holds reference log-prob caches and warmed-up references. `callbacks` are extra
     `transformers.TrainerCallback`s (loggers, custom stopping).
     """
+    _check_distributed()
     output_dir, cache_dir = Path(output_dir), Path(cache_dir)
     if not pairs:
         raise UserError(f"variant '{variant.name}': no training pairs. Check data.sources.")
@@ -475,12 +496,19 @@ def train_policy(model_cfg: ModelConfig, train_cfg: TrainConfig, variant: Varian
     fingerprint = {"model": to_dict(model_cfg), "model_hash": base_hash, "tokens": tokens_hash,
                    "train": to_dict(train_cfg), "variant": to_dict(variant), "seed": seed, "dtype": str(dtype)}
 
-    finished = _check_output_dir(output_dir, fingerprint)
+    # Rank 0 checks and claims the directory first; the other processes then find its fingerprint
+    # (checked concurrently, they would see a folder that rank 0 is still writing).
+    from accelerate import PartialState
+
+    state = PartialState()
+    with state.main_process_first():
+        finished = _check_output_dir(output_dir, fingerprint)
+        if finished is None and state.is_main_process:
+            output_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(output_dir / FINGERPRINT, fingerprint)
     if finished is not None:
         log.info("%s: already trained (%s); nothing to do", output_dir, RECORD)
         return finished["final_metrics"]
-    output_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(output_dir / FINGERPRINT, fingerprint)
 
     # Reference: the base model, or the base warmed up by N DPO steps; only its log-probs are kept.
     ref_dir = model_dir
@@ -540,6 +568,7 @@ def train_policy(model_cfg: ModelConfig, train_cfg: TrainConfig, variant: Varian
             "final_metrics": metrics,
             "environment": environment(),
             "world_size": trainer.accelerator.num_processes,
+            "distributed_type": str(trainer.accelerator.distributed_type.value),
             "finished_at": timestamp(),
         })
     return metrics
