@@ -107,7 +107,7 @@ def test_rerun_does_nothing_and_one_changed_variant_redoes_only_itself(run_dir: 
     assert set(plan(root).values()) == {"cached"}
     changed = plan(root, "variants.bdpo.params.beta=0.2")
     redo = sorted(name for name, status in changed.items() if status == "would run")
-    assert redo == ["generate/bdpo-seed0", "generate/bdpo-seed1", "report",
+    assert redo == ["generate/bdpo-seed0", "generate/bdpo-seed1", "heldout/bdpo-seed0", "heldout/bdpo-seed1", "report",
                     "score/bdpo-seed0.cost", "score/bdpo-seed0.reward",
                     "score/bdpo-seed1.cost", "score/bdpo-seed1.reward",
                     "train/bdpo-seed0", "train/bdpo-seed1"]

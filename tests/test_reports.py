@@ -18,6 +18,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 from scipy import stats as sps
 
@@ -577,3 +578,139 @@ def test_page_renders_in_headless_chromium(built, tmp_path):
     colours = np.unique((pixels[..., :3] * 255).astype(np.uint8).reshape(-1, 3), axis=0)
     assert len(colours) > 200
     shutil.copy(shot, built / "report-screenshot.png")  # kept beside the run for a human look
+
+
+# ------------------------------------------------------------ positive control: held-out implicit rewards
+
+
+def test_heldout_rows_on_the_tiny_model(one_thread, tmp_path):
+    """A few DPO steps of stories260k on 8 HH pairs; implicit rewards on those pairs (which it learned)
+    and on 8 others, recomputed by hand from the reference and policy log-probs."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from harness.config import DataSourceConfig, ModelConfig, TrainConfig, VariantConfig
+    from harness.data import load_source
+    from tests.conftest import shared_path
+    from trainers.heldout import heldout_rows
+    from trainers.logprobs import collate, sequence_logps, tokenize_pairs
+    from trainers.trainer import train_policy
+
+    model_cfg = ModelConfig(path=str(shared_path("models", "stories260k")), dtype="float32")
+    source = DataSourceConfig(format="hh-rlhf", path=str(shared_path("data", "hh-rlhf")), max_pairs=16,
+                              options={"subsets": ["harmless-base"], "split": "test"})
+    pairs = load_source(source).pairs
+    train, held = pairs[:8], pairs[8:]
+    cfg = TrainConfig(max_steps=6, batch_size=8, learning_rate=2e-3, warmup_ratio=0.0, max_length=64,
+                      max_prompt_length=32)
+    cache = tmp_path / "cache"
+    out = tmp_path / "dpo"
+    train_policy(model_cfg, cfg, VariantConfig(), train, out, seed=0, cache_dir=cache, progress=False)
+
+    seen = heldout_rows(model_cfg, cfg, out, train, 0.1, cache, progress=False)
+    assert sum(r["correct"] for r in seen) / len(seen) >= 0.75  # the pairs it was trained on: learned
+    rows = heldout_rows(model_cfg, cfg, out, held, 0.1, cache, progress=False)
+    assert [r["pair_id"] for r in rows] == [p.id for p in held]
+    assert all(r["source"] == held[0].source for r in rows)
+    # One reference cache: the trained-on pairs reused training's entry; the held-out pairs added one.
+    assert len(list((cache / "ref-logps").glob("*.safetensors"))) == 2
+    tok = AutoTokenizer.from_pretrained(model_cfg.path)
+    tokenized, _ = tokenize_pairs(held, tok, use_chat_template=True, max_length=64, max_prompt_length=32)
+    batch = collate(tokenized, tok.pad_token_id)
+    with torch.no_grad():
+        policy = sequence_logps(AutoModelForCausalLM.from_pretrained(out).eval(), **batch)[0]
+        ref = sequence_logps(AutoModelForCausalLM.from_pretrained(model_cfg.path).eval(), **batch)[0]
+    n = len(held)
+    for i, r in enumerate(rows):
+        assert r["chosen_logp"] == pytest.approx(float(policy[i]), abs=1e-4)
+        assert r["ref_rejected_logp"] == pytest.approx(float(ref[n + i]), abs=1e-4)
+        margin = 0.1 * ((float(policy[i]) - float(ref[i])) - (float(policy[n + i]) - float(ref[n + i])))
+        assert r["margin"] == pytest.approx(margin, abs=1e-5)
+        assert r["correct"] == (1.0 if r["margin"] > 0 else 0.5 if r["margin"] == 0 else 0.0)
+
+
+def _write_heldout(run: Path, shift: dict[str, float], n_pairs: int = 40) -> None:
+    """heldout/<unit>.jsonl for every trained unit: margins ~ N(shift, 1) per pair."""
+    rng = np.random.default_rng(5)
+    for u in json.loads((run / "manifest.json").read_text())["units"]:
+        if u["loss"] is None:
+            continue
+        rows = []
+        for i in range(n_pairs):
+            margin = float(rng.normal(shift[u["variant"]], 1.0))
+            rows.append({"pair_id": f"{SOURCES[i % 2]}:e{i:03d}", "source": SOURCES[i % 2], "chosen_logp": -1.0,
+                         "rejected_logp": -2.0, "ref_chosen_logp": -1.0, "ref_rejected_logp": -2.0, "beta": 0.1,
+                         "margin": margin, "correct": 1.0 if margin > 0 else 0.0})
+        _jsonl(run / "heldout" / f"{u['unit']}.jsonl", rows[::-1])
+
+
+def test_heldout_accuracy_leads_the_report_and_the_primary_is_its_own_family(tmp_path):
+    run = write_run(tmp_path / "run")
+    _write_heldout(run, {"dpo": 1.5, "bdpo-c0.1": 0.0, "bdpo-c0.3": 1.0, "bdpo-b0.5": 0.5})
+    m = json.loads((run / "manifest.json").read_text())
+    m["config"]["report"]["primary"] = {"variant": "bdpo-c0.3", "metric": "cost.mean", "subset": "harmless"}
+    (run / "manifest.json").write_text(json.dumps(m))
+    out = build_report(run, tmp_path / "out")
+    results = json.loads((out / "results.json").read_text())
+    board = {row["variant"]: row["metrics"] for row in results["leaderboard"]}
+    rows = [json.loads(line) for line in (run / "heldout" / "dpo-seed0.jsonl").read_text().splitlines()]
+    rows += [json.loads(line) for line in (run / "heldout" / "dpo-seed1.jsonl").read_text().splitlines()]
+    acc = board["dpo"]["heldout.accuracy"]
+    assert acc["value"] == pytest.approx(sum(r["correct"] for r in rows) / len(rows), abs=1e-12)
+    assert board["dpo"]["heldout.margin"]["value"] == pytest.approx(sum(r["margin"] for r in rows) / len(rows))
+    assert board["reference"]["heldout.accuracy"]["value"] == 0.5  # implicit reward 0: every pair a tie
+    pc = results["positive_control"]["all"]["heldout"]
+    assert pc["accuracy"] == pytest.approx(acc["value"]) and pc["moved"] and pc["p_value"] < 0.05
+    assert results["positive_control"]["harmless"]["heldout"]["n"] == 20
+    # The primary comparison: its own family (p_holm == p), the rest Holm-adjusted among themselves.
+    primary = results["primary"]
+    assert (primary["variant"], primary["against"], primary["metric"], primary["subset"]) == (
+        "bdpo-c0.3", "dpo", "cost.mean", "harmless")
+    assert primary["role"] == "primary" and primary["p_holm"] == primary["p_value"]
+    roles = [c["role"] for c in results["comparisons"]]
+    assert roles.count("primary") == 1
+    assert any(c["metric"] == "heldout.accuracy" and c["kind"] == "baseline" for c in results["comparisons"])
+    md = (out / "leaderboard.md").read_text()
+    assert "Primary (pre-registered): bdpo-c0.3 minus dpo on cost.mean, prompts of source 'harmless'" in md
+    assert "Held-out implicit-reward accuracy of dpo on 40 eval pairs" in md
+    assert "The baseline moved detectably from the reference on: heldout.accuracy" in md
+    # A baseline that did not move: the report says differences cannot be read as evidence.
+    _write_heldout(run, {"dpo": 0.0, "bdpo-c0.1": 0.0, "bdpo-c0.3": 0.0, "bdpo-b0.5": 0.0})
+    for u in ("dpo-seed0", "dpo-seed1"):
+        for scorer in ("reward", "cost"):
+            shutil.copy(run / "scores" / f"reference.{scorer}.jsonl", run / "scores" / f"{u}.{scorer}.jsonl")
+    md = (build_report(run, tmp_path / "flat") / "leaderboard.md").read_text()
+    assert "did NOT move detectably" in md and "cannot be read as evidence" in md
+
+
+def test_primary_naming_an_unknown_metric_is_a_one_line_error(tmp_path):
+    run = write_run(tmp_path / "run")
+    m = json.loads((run / "manifest.json").read_text())
+    m["config"]["report"]["primary"] = {"variant": "bdpo-c0.3", "metric": "heldout.accuracy", "subset": "all"}
+    (run / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(UserError, match="report.primary.metric.*not measured in this run"):
+        build_report(run, tmp_path / "out")
+
+
+def test_report_primary_is_checked_when_the_config_loads(tmp_path):
+    from harness.config import ConfigError, dump_config, load_config
+
+    base = load_config(None, ["scorers=[{name: reward, score_type: reward}, {name: cost, score_type: cost}]",
+                              "variants=[{name: dpo, loss: dpo}, {name: bdpo, loss: bdpo}]",
+                              "data.sources=[{format: builtin-safety, name: harmless}]"])
+    path = tmp_path / "c.yaml"
+
+    def with_primary(primary: str):
+        path.write_text(dump_config(base).replace("  primary: null\n", f"  primary: {primary}\n"))
+        return load_config(path)
+
+    cfg = with_primary("{variant: bdpo, metric: cost.mean, subset: harmless}")
+    assert (cfg.report.primary.variant, cfg.report.primary.metric, cfg.report.primary.subset) == (
+        "bdpo", "cost.mean", "harmless")
+    assert with_primary("{variant: bdpo, metric: heldout.accuracy}").report.primary.subset == "all"
+    for primary, key in [("{variant: bpdo, metric: cost.mean}", "report.primary.variant"),
+                         ("{variant: dpo, metric: cost.mean}", "report.primary.variant"),
+                         ("{variant: bdpo, metric: reward.safe_rate}", "report.primary.metric"),
+                         ("{variant: bdpo, metric: cost.mean, subset: helpful}", "report.primary.subset"),
+                         ("{variant: bdpo, metric: cost.mean, sub: all}", "report.primary")]:
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            with_primary(primary)

@@ -56,15 +56,17 @@ def warmup_train_config(train_cfg: TrainConfig) -> TrainConfig:
     return dataclasses.replace(train_cfg, max_steps=train_cfg.reference_warmup_steps, reference_warmup_steps=0)
 
 
-def _compute(model: torch.nn.Module, pairs: Sequence[TokenizedPair], pad_token_id: int, batch_size: int,
-             autocast_dtype: torch.dtype | None, progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def pair_logps(model: torch.nn.Module, pairs: Sequence[TokenizedPair], pad_token_id: int, batch_size: int,
+             autocast_dtype: torch.dtype | None, progress: bool, desc: str = "reference log-probs"
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed response log-probs of every pair under `model` (eval mode, no grad): chosen, rejected [N]."""
     device = next(model.parameters()).device
     chosen, rejected = [], []
     model.eval()
     batches = range(0, len(pairs), batch_size)
     with torch.no_grad(), torch.autocast(device.type, dtype=autocast_dtype or torch.float32,
                                          enabled=autocast_dtype is not None):
-        for start in tqdm(batches, desc="reference log-probs", disable=not progress, leave=False):
+        for start in tqdm(batches, desc=desc, disable=not progress, leave=False):
             batch = {k: v.to(device) for k, v in collate(pairs[start:start + batch_size], pad_token_id).items()}
             logps, _ = sequence_logps(model, **batch)
             c, r = logps.float().cpu().chunk(2)
@@ -93,7 +95,7 @@ def reference_logps(model_dir: str | Path, pairs: Sequence[TokenizedPair], *, ca
         if not path.exists():
             hit = False
             model = AutoModelForCausalLM.from_pretrained(model_dir, **load_kwargs).to(device)
-            chosen, rejected = _compute(model, pairs, pad_token_id, batch_size, autocast_dtype, progress)
+            chosen, rejected = pair_logps(model, pairs, pad_token_id, batch_size, autocast_dtype, progress)
             del model
             gc.collect()
             if torch.cuda.is_available():
