@@ -233,7 +233,7 @@ def compare(cells: Cells, variant: str, other: str, kind: str, metric: str, sett
         "difference": est.value, "ci_low": est.ci_low, "ci_high": est.ci_high,
         "n": est.n_prompts, "n_seeds": est.n_seeds, "higher_is_better": higher_is_better,
         "per_seed": [float(x) for x in diffs.mean(axis=1)],
-        "test": "crossed t (seeds x prompts, Satterthwaite df)" if est.n_seeds > 1 else "paired t (prompts)",
+        "test": "crossed t (seeds x prompts)" if est.n_seeds > 1 else "paired t (prompts)",
         "p_value": est.p_value, "df": _finite_or_none(est.df), "se": _finite_or_none(est.se),
         "variance": {"seed": est.var_seed, "prompt": est.var_prompt, "residual": est.var_residual},
         "p_t_prompts": paired_t_pvalue(per_prompt), "p_wilcoxon": wilcoxon_pvalue(per_prompt),

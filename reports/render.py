@@ -170,8 +170,9 @@ def leaderboard_md(results: dict[str, Any]) -> str:
     return text
 
 
-INTERVALS_NOTE = ("Values: mean [{confidence:.0%} CI]. Scorer metrics: the crossed seeds x prompts interval (two-way "
-                  "random effects, Satterthwaite df; docs/statistics.md). Training diagnostics: one value per seed, "
+INTERVALS_NOTE = ("Values: mean [{confidence:.0%} CI]. Scorer metrics: the crossed seeds x prompts interval (the "
+                  "seed-to-seed part at t with seeds - 1 df, the shared prompt part at t with prompts - 1 df; "
+                  "docs/statistics.md). Training diagnostics: one value per seed, "
                   "t interval over seeds (per-seed values and range below). Win rate: ties count 1/2.")
 COMPARISONS_NOTE = ("Difference = variant minus the comparator (`against`) on the same seeds, prompts and samples, "
                     "with the crossed {confidence:.0%} CI and its t test (p). p (Holm): the primary comparison is "

@@ -357,7 +357,7 @@ def test_ablation_pivots_follow_the_sweep(built):
 
 def test_results_carry_provenance_and_are_byte_identical(built, tmp_path):
     results = json.loads((built / "results.json").read_text())
-    assert results["schema_version"] == 1
+    assert results["schema_version"] == 2
     assert results["provenance"]["git_hash"] == "abc123"
     assert results["model_hash"] == "m" * 64 and results["seeds"] == SEEDS
     assert results["settings"] == {"confidence": 0.95, "bootstrap_samples": 400, "seed": 3,
