@@ -714,3 +714,19 @@ def test_report_primary_is_checked_when_the_config_loads(tmp_path):
                          ("{variant: bdpo, metric: cost.mean, sub: all}", "report.primary")]:
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
             with_primary(primary)
+
+
+def test_the_committed_hh_results_folder_rebuilds_byte_identically(tmp_path):
+    """docs/results/hh-study/ is a results folder: its per-sample files rebuild its results.json."""
+    folder = Path(__file__).resolve().parent.parent / "docs" / "results" / "hh-study"
+    copy = tmp_path / "hh-study"
+    shutil.copytree(folder, copy)
+    (copy / "results.json").unlink()
+    assert build_report(copy) == copy
+    assert (copy / "results.json").read_bytes() == (folder / "results.json").read_bytes()
+    results = json.loads((copy / "results.json").read_text())
+    assert results["positive_control"]["all"]["heldout"] is None  # checkpoints not kept
+    assert set(results["subsets"]) == {"harmless", "helpful"}
+    page = (copy / "index.html").read_text()
+    assert "completion texts are not part of it" in page
+    assert sorted(p.name for p in copy.iterdir()) == sorted(p.name for p in folder.iterdir())
