@@ -346,7 +346,7 @@ def bounded_dpo(logps: PairLogps, *, beta: float = 0.1, mix: float = 0.5, sft_we
     hw, hl = _log_ratios(logps)
     floor = torch.full_like(hl, math.log1p(-mix) if mix < 1 else -math.inf)
     rejected_term = torch.logaddexp(hl + math.log(mix), floor)
-    losses = -F.logsigmoid(beta * hw - beta * rejected_term)
+    losses = -F.logsigmoid(beta * (hw - rejected_term))  # = beta*hw - beta*log(...), DPO's rounding at mix = 1
     return _output(logps, beta, losses, sft_weight)
 
 
@@ -391,7 +391,7 @@ def dpo_shift(logps: PairLogps, *, beta: float = 0.1, shift: float = 0.95, sft_w
     Shapes: every field of `logps` [B]; every tensor of the output [B].
     """
     hw, hl = _log_ratios(logps)
-    losses = -F.logsigmoid(beta * hw - shift * beta * hl)
+    losses = -F.logsigmoid(beta * (hw - shift * hl))  # = beta*hw - shift*beta*hl, DPO's rounding at shift = 1
     return _output(logps, beta, losses, sft_weight)
 
 
