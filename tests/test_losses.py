@@ -172,14 +172,14 @@ def test_diagnostics_hand_worked():
 
 
 def test_diagnostics_leave_out_undefined_ratios():
-    out = dpo(pairs([-1.0] * 4, [-2.0] * 4, [-1.0] * 4, [-1.0] * 4))
-    # NaN (no gradient on either side) is in no statistic; -inf is in the median and the share.
-    d = diagnostics(out, torch.tensor([-math.inf, 1.0, math.nan, -3.0], dtype=torch.float64))
-    assert d["log_grad_ratio/mean"] == pytest.approx((1.0 - 3.0) / 2)
-    assert d["log_grad_ratio/median"] == -3.0  # of -inf, -3, 1
-    assert d["log_grad_ratio/rejected_dominates"] == pytest.approx(2 / 3)
+    out = dpo(pairs([-1.0] * 5, [-2.0] * 5, [-1.0] * 5, [-1.0] * 5))
+    # NaN (no gradient on either side) is in no statistic; -inf only in the rejected-dominates share.
+    d = diagnostics(out, torch.tensor([-math.inf, 1.0, math.nan, -3.0, 4.0], dtype=torch.float64))
+    assert d["log_grad_ratio/mean"] == pytest.approx((1.0 - 3.0 + 4.0) / 3)
+    assert d["log_grad_ratio/median"] == 1.0  # of -3, 1, 4
+    assert d["log_grad_ratio/rejected_dominates"] == pytest.approx(2 / 4)  # -inf and -3 of four
     # No defined value at all: the statistics are absent (null in the train log), not NaN.
-    d = diagnostics(out, torch.full((4,), math.nan, dtype=torch.float64))
+    d = diagnostics(out, torch.full((5,), math.nan, dtype=torch.float64))
     assert not any(k.startswith("log_grad_ratio/") for k in d)
     assert all(math.isfinite(v) for v in d.values())
 

@@ -425,7 +425,7 @@ def log_grad_ratio(fn: Callable[..., LossOutput], logps: PairLogps, params: dict
     Zero gradients: where only one side's gradient is exactly 0 the ratio is -inf or +inf (it
     really is: bDPO with clip 0.5 at a log-prob of 0); where both are 0 (an inactive hinge, or a
     sigmoid saturated even in float64) there is no ratio and the value is NaN. `diagnostics`
-    leaves NaN out of every statistic and infinities out of the mean.
+    leaves NaN out of every statistic and infinities out of the mean and median.
     """
     with torch.enable_grad():
         f64 = {k: v.detach().to(torch.float64) for k, v in vars(logps).items()}
@@ -441,11 +441,11 @@ def diagnostics(out: LossOutput, grad_ratio: Tensor) -> dict[str, float]:
 
     out: the loss's output; grad_ratio: [B] `log_grad_ratio` of the same pairs.
     rewards/chosen|rejected|margins|accuracies (TRL's definitions); lambda/mean|min|max when the
-    loss has a lambda; log_grad_ratio/mean (over the finite values), /median (over the non-NaN
-    values; the lower middle value for even counts, as torch.median) and /rejected_dominates
-    (share of the non-NaN values below 0: the rejected response gets the larger
-    probability-space gradient). A statistic with no value to average is left out (null in
-    train_log.jsonl).
+    loss has a lambda; log_grad_ratio/mean and /median over the finite values (the median the
+    lower middle value for even counts, as torch.median), /rejected_dominates the share below 0 of
+    the non-NaN values (-inf counts: the rejected response gets the larger probability-space
+    gradient). Every value is finite (train_log.jsonl is strict JSON); a statistic with no value to
+    average is left out (null in the train log).
     """
     margins = out.chosen_rewards - out.rejected_rewards
     stats = {
@@ -460,7 +460,7 @@ def diagnostics(out: LossOutput, grad_ratio: Tensor) -> dict[str, float]:
     finite = grad_ratio[grad_ratio.isfinite()]
     if finite.numel():
         stats["log_grad_ratio/mean"] = finite.mean()
+        stats["log_grad_ratio/median"] = finite.median()
     if defined.numel():
-        stats["log_grad_ratio/median"] = defined.median()
         stats["log_grad_ratio/rejected_dominates"] = (defined < 0).float().mean()
     return {k: float(v) for k, v in stats.items()}
