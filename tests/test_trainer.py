@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -69,7 +70,8 @@ def test_a_few_steps_of_each_loss_lower_it_and_raise_reward_accuracy(loss, model
     rows = read_jsonl(tmp_path / "out" / "train_log.jsonl")
     assert [r["step"] for r in rows] == list(range(1, 7))
     first, last = rows[0], rows[-1]
-    assert first["rewards/margins"] == 0.0  # policy == reference at step 1
+    if LOSSES.get(loss).uses_reference:
+        assert first["rewards/margins"] == 0.0  # policy == reference at step 1
     assert last["loss"] < first["loss"]
     assert last["rewards/accuracies"] > first["rewards/accuracies"]
     assert last["rewards/accuracies"] >= 0.75
@@ -261,6 +263,18 @@ def test_training_reuses_the_reference_cache_and_warms_the_reference_up(model_cf
     assert warm_record["step"] == 2 and warm_record["config"]["variant"]["loss"] == "dpo"
     # At step 1 the policy (the base model) is not the warmed-up reference: the rewards are non-zero.
     assert read_jsonl(tmp_path / "warm" / "train_log.jsonl")[0]["rewards/chosen"] != 0.0
+
+
+def test_a_loss_without_reference_skips_the_reference_pass(model_cfg, pairs, tmp_path):
+    cache = tmp_path / "cache"
+    cfg = train_cfg(max_steps=2, reference_warmup_steps=2)  # no warm-up either: there is no reference
+    train_policy(model_cfg, cfg, VariantConfig(name="simpo", loss="simpo"), pairs, tmp_path / "simpo", 0, cache,
+                 progress=False)
+    record = json.loads((tmp_path / "simpo" / "train_record.json").read_text())
+    assert record["reference"]["kind"] == "none" and record["reference"]["path"] is None
+    assert not (cache / "ref-logps").exists() and not (cache / "reference-warmup").exists()
+    rows = read_jsonl(tmp_path / "simpo" / "train_log.jsonl")
+    assert all(math.isfinite(r["loss"]) for r in rows)
 
 
 class Poison(TrainerCallback):

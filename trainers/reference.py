@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import math
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -41,6 +42,16 @@ class ReferenceLogps:
     key: str
     # True when the values came from the cache (no reference forward ran).
     cache_hit: bool
+
+
+def no_reference(n_pairs: int) -> ReferenceLogps:
+    """The stand-in for a loss that reads no reference (SimPO): NaN log-probs [n_pairs], nothing computed.
+
+    NaN rather than zeros: a loss that declared `uses_reference = False` and read them anyway would
+    give a NaN loss, which the trainer's finite check stops at once.
+    """
+    nan = torch.full((n_pairs,), math.nan)
+    return ReferenceLogps(nan, nan.clone(), key="none", cache_hit=False)
 
 
 def warmup_dir(cache_dir: Path, base_model_hash: str, tokens_hash: str, train_cfg: TrainConfig, seed: int) -> Path:

@@ -44,8 +44,8 @@ from harness.provenance import environment, timestamp
 from harness.records import TRAIN_LOG_FIELDS, PreferencePair
 from harness.registries import LOSSES
 from trainers.logprobs import TokenizedPair, collate, sequence_logps, tokenization_hash, tokenize_pairs
-from trainers.losses import LossOutput, PairLogps, diagnostics
-from trainers.reference import ReferenceLogps, reference_logps, warmup_dir, warmup_train_config
+from trainers.losses import LossOutput, PairLogps, diagnostics, log_grad_ratio
+from trainers.reference import ReferenceLogps, no_reference, reference_logps, warmup_dir, warmup_train_config
 
 log = logging.getLogger(__name__)
 
@@ -146,16 +146,15 @@ class PreferenceTrainer(Trainer):
         logps, n_tokens = sequence_logps(model, inputs["input_ids"], inputs["attention_mask"], inputs["response_mask"])
         chosen, rejected = logps.chunk(2)
         chosen_len, rejected_len = n_tokens.float().chunk(2)
-        out = self.loss_fn(PairLogps(chosen, rejected, inputs["ref_chosen"], inputs["ref_rejected"],
-                                     chosen_len, rejected_len), **self.loss_params)
+        pair_logps = PairLogps(chosen, rejected, inputs["ref_chosen"], inputs["ref_rejected"], chosen_len, rejected_len)
+        out = self.loss_fn(pair_logps, **self.loss_params)
         bad = ~torch.isfinite(out.losses)
         if bad.any():
             bad_ids = [i for i, b in zip(ids, bad.tolist()) if b]
             raise self._fail(self._current_step(), f"non-finite loss {out.losses[bad][0].item()}", bad_ids)
         loss = out.losses.mean()
         row = {"chosen_rewards": out.chosen_rewards, "rejected_rewards": out.rejected_rewards,
-               "chosen_weight": out.chosen_weight, "rejected_weight": out.rejected_weight,
-               "log_grad_ratio": out.log_grad_ratio, "losses": out.losses.detach(),
+               "log_grad_ratio": log_grad_ratio(self.loss_fn, pair_logps, self.loss_params), "losses": out.losses.detach(),
                "logps_chosen": chosen.detach(), "logps_rejected": rejected.detach()}
         if out.lam is not None:
             row["lam"] = out.lam
@@ -205,9 +204,8 @@ def _interval_metrics(rows: list[dict[str, torch.Tensor]]) -> dict[str, float]:
     """TRL-named means over every pair since the last log (harness.records.TRAIN_LOG_FIELDS)."""
     cat = {k: torch.cat([r[k] for r in rows if k in r]) for k in set().union(*rows)}
     out = LossOutput(losses=cat["losses"], chosen_rewards=cat["chosen_rewards"],
-                     rejected_rewards=cat["rejected_rewards"], chosen_weight=cat["chosen_weight"],
-                     rejected_weight=cat["rejected_weight"], lam=cat.get("lam"), log_grad_ratio=cat["log_grad_ratio"])
-    metrics = diagnostics(out)
+                     rejected_rewards=cat["rejected_rewards"], lam=cat.get("lam"))
+    metrics = diagnostics(out, cat["log_grad_ratio"])
     metrics["logps/chosen"] = float(cat["logps_chosen"].mean())
     metrics["logps/rejected"] = float(cat["logps_rejected"].mean())
     for key in ("grad_norm_chosen", "grad_norm_rejected"):
@@ -483,17 +481,23 @@ def train_policy(model_cfg: ModelConfig, train_cfg: TrainConfig, variant: Varian
     atomic_write_json(output_dir / FINGERPRINT, fingerprint)
 
     # Reference: the base model, or the base warmed up by N DPO steps; only its log-probs are kept.
+    # A loss that reads no reference (SimPO) gets none: no warm-up, no reference pass.
+    uses_reference = LOSSES.get(variant.loss).uses_reference
     ref_dir = model_dir
-    if train_cfg.reference_warmup_steps:
+    if uses_reference and train_cfg.reference_warmup_steps:
         ref_dir = str(warmup_dir(cache_dir, base_hash, tokens_hash, train_cfg, seed))
         log.info("reference: base model warmed up by %d DPO steps in %s", train_cfg.reference_warmup_steps, ref_dir)
         train_policy(model_cfg, warmup_train_config(train_cfg), WARMUP_VARIANT, pairs, Path(ref_dir), seed,
                      cache_dir, progress)
     from_pretrained = {"dtype": dtype, **load_kwargs(model_cfg.trust_remote_code, model_cfg.allow_pickle_weights)}
     args = _training_args(train_cfg, output_dir, seed, dtype, progress)
-    ref = reference_logps(ref_dir, tokenized, cache_dir=cache_dir, pad_token_id=_pad_id(tokenizer),
-                          batch_size=train_cfg.batch_size, load_kwargs=from_pretrained, device=args.device,
-                          autocast_dtype=torch.bfloat16 if dtype == torch.bfloat16 else None, progress=progress)
+    if uses_reference:
+        ref = reference_logps(ref_dir, tokenized, cache_dir=cache_dir, pad_token_id=_pad_id(tokenizer),
+                              batch_size=train_cfg.batch_size, load_kwargs=from_pretrained, device=args.device,
+                              autocast_dtype=torch.bfloat16 if dtype == torch.bfloat16 else None, progress=progress)
+    else:
+        log.info("reference: none (loss '%s' does not use one)", variant.loss)
+        ref = no_reference(len(tokenized))
 
     # Policy.
     torch.manual_seed(seed)  # LoRA initialisation
@@ -532,8 +536,9 @@ def train_policy(model_cfg: ModelConfig, train_cfg: TrainConfig, variant: Varian
             "data_hash": sha256_json([p.to_dict() for p in pairs]),
             "model_hash": base_hash,
             "tokenization": {"hash": tokens_hash, **stats.to_dict()},
-            "reference": {"kind": "warmup" if train_cfg.reference_warmup_steps else "base", "path": ref_dir,
-                          "warmup_steps": train_cfg.reference_warmup_steps, "cache_key": ref.key,
+            "reference": {"kind": ("warmup" if train_cfg.reference_warmup_steps else "base") if uses_reference else "none",
+                          "path": ref_dir if uses_reference else None,
+                          "warmup_steps": train_cfg.reference_warmup_steps if uses_reference else 0, "cache_key": ref.key,
                           "cache_hit": ref.cache_hit},
             "resumed_from": str(resume) if resume else None,
             "lora_merged": train_cfg.lora.enabled,
