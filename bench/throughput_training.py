@@ -77,8 +77,9 @@ def _useful_flops(config: dict[str, Any], pairs: list, lora: bool) -> float:
 
 
 def train_epoch(model: str, fast: bool, bf16: bool, steps: int, batch: int, max_length: int,
-                max_prompt_length: int, lora: bool) -> dict[str, Any]:
-    """Worker: one epoch of `steps` x `batch` pairs; step times, tokens, useful FLOPs, train log."""
+                max_prompt_length: int, lora: bool, n_pairs: int | None = None) -> dict[str, Any]:
+    """Worker: `steps` steps of `batch` pairs on the first `n_pairs` pairs (default: one epoch);
+    step times, tokens and useful FLOPs of the pairs trained on, train log."""
     import tempfile
 
     import torch
@@ -88,9 +89,9 @@ def train_epoch(model: str, fast: bool, bf16: bool, steps: int, batch: int, max_
     from bench.common import step_timer
     from harness.config import LoraConfig, ModelConfig, TrainConfig, VariantConfig
     from harness.io import read_json, read_jsonl
-    from trainers.logprobs import full_logits_logps, tokenize_pairs
+    from trainers.logprobs import full_logits_logps, pair_length, tokenize_pairs
 
-    pairs = _pairs(steps * batch)
+    pairs = _pairs(n_pairs or steps * batch)
     model_dir = trainer_module._local_model_dir(ModelConfig(path=model))
     model_cfg = ModelConfig(path=model_dir, dtype="float32")
     train_cfg = TrainConfig(max_steps=steps, batch_size=batch, max_length=max_length,
@@ -115,6 +116,11 @@ def train_epoch(model: str, fast: bool, bf16: bool, steps: int, batch: int, max_
     finally:
         trainer_module.sequence_logps, trainer_module._precision = saved
     config = json.loads((Path(model_dir) / "config.json").read_text())
+    if steps * batch < len(tokenized):  # part of an epoch: the pairs the (seeded, grouped) order took first
+        if not fast:
+            raise ValueError("a partial epoch is measured on the length-grouped path only")
+        order = trainer_module._LengthGroupedSampler([pair_length(p) for p in tokenized], batch, seed=0).order()
+        tokenized = [tokenized[i] for i in order[:steps * batch]]
     return {"step_times": timer.times, "train_s": sum(timer.times),
             "real_tokens": sum(2 * len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in tokenized),
             "useful_flops": _useful_flops(config, tokenized, lora), "padding": record["padding"],
@@ -166,6 +172,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--max-length", type=int, default=192)
     parser.add_argument("--max-prompt-length", type=int, default=96)
     parser.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA r16")
+    parser.add_argument("--bf16-steps", type=int, help="steps of the bf16 run (default: --steps)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--padding-pairs", type=int, default=96,
                         help="pairs the padded share is measured on (the HH study trains 96 per unit)")
@@ -173,13 +180,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     model = random_llama(128, 2, 384, 2) if args.tiny else args.model
     steps = 2 if args.tiny else args.steps
+    bf16_steps = min(steps, args.bf16_steps or steps)
     shapes = dict(model=model, steps=steps, batch=args.batch, max_length=args.max_length,
                   max_prompt_length=args.max_prompt_length, lora=not args.full)
 
     peak = run_isolated("bench.throughput_training:matmul_peak", threads=args.threads, size=1024 if args.tiny else 2048)
     # (Old path under bf16 is not run: the targets compare against today's float32 step.)
+    # bf16 runs its first --bf16-steps steps of the same epoch (emulated bf16 is slow on CPUs without it).
     runs = {name: run_isolated("bench.throughput_training:train_epoch", threads=args.threads, timeout=3600,
-                               fast=name.startswith("new"), bf16=name.endswith("bf16"), **shapes)
+                               fast=name.startswith("new"), bf16=name.endswith("bf16"),
+                               **{**shapes, "steps": bf16_steps if name.endswith("bf16") else steps},
+                               n_pairs=steps * args.batch)
             for name in ("old-float32", "new-float32", "new-bf16")}
     padding = run_isolated("bench.throughput_training:padding_of", n=args.padding_pairs, batch=args.batch,
                            model=model, max_length=args.max_length, max_prompt_length=args.max_prompt_length)
@@ -202,9 +213,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results["padding"] = padding
 
     def ratio(new: str, old: str) -> float:
-        return runs[new]["train_s"] / runs[old]["train_s"]
+        """Time per real token, new / old: the step-time ratio on the same work."""
+        return (runs[new]["train_s"] / runs[new]["real_tokens"]) / (runs[old]["train_s"] / runs[old]["real_tokens"])
 
-    best = min(("new-float32", "new-bf16"), key=lambda k: runs[k]["train_s"])
+    best = min(("new-float32", "new-bf16"), key=lambda k: runs[k]["train_s"] / runs[k]["real_tokens"])
     mfu32 = results["new-float32"]["useful_gflops"] / peak["float32"]
     mfu16 = results["new-bf16"]["useful_gflops"] / peak["bfloat16"]
     ratios = [
