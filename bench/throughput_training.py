@@ -2,7 +2,7 @@
 full logits in shuffled order, in float32 and bf16 autocast; CPU MFU against the measured matmul peak.
 
     python -m bench.throughput_training                    # SmolLM2-135M LoRA r16, HH pairs, the study's shapes
-    python -m bench.throughput_training --tiny             # a 4M random Llama, seconds (a check of the script)
+    python -m bench.throughput_training --tiny             # a 6.7M random Llama, seconds (a check of the script)
 
 Each configuration trains one epoch (steps x batch pairs, real HH-RLHF pairs from ../shared, else
 the embedded safety set) with `trainers.trainer.train_policy` in a fresh process on the same
@@ -165,7 +165,7 @@ def logps_bf16_vs_float32(model: str, batch: int, max_length: int, max_prompt_le
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tiny", action="store_true", help="a 4M random Llama, 2 steps (checks the script)")
+    parser.add_argument("--tiny", action="store_true", help="a 6.7M random Llama, 2 steps (checks the script)")
     parser.add_argument("--model", default="builtin:smollm2-135m-instruct")
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--batch", type=int, default=4, help="pairs per step")
