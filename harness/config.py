@@ -118,6 +118,9 @@ class TrainConfig:
     # Prompt + response tokens; the prompt is cut from the left to max_prompt_length first.
     max_length: int = 256
     max_prompt_length: int = 128
+    # Batch pairs of similar length (transformers' group_by_length: shuffled, then sorted within
+    # mega-batches of 50 batches), so little of each batch is padding; false = plain shuffled order.
+    group_by_length: bool = True
     # Reference = base model, optionally warmed up by this many DPO steps (the paper uses 300).
     reference_warmup_steps: int = 0
     # Log every N optimiser steps; measure the per-term parameter-gradient norms every N (0 = never).
