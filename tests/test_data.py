@@ -308,7 +308,7 @@ BAD_CASES = {
     "reply not assistant": ("preference", "l.jsonl",
                             lambda p: write_jsonl(p, [{"prompt": "q", "chosen": [{"role": "user", "content": "a"}],
                                                        "rejected": "b"}]),
-                            r"l.jsonl:1: field 'chosen' must be a string or a list with one assistant message"),
+                            r"l.jsonl:1: field 'chosen' is a conversation but field 'rejected' is a string; give both as replies"),
     "hh without assistant": ("hh-rlhf", "m.jsonl",
                              lambda p: write_jsonl(p, [{"chosen": "\n\nHuman: hi", "rejected": "\n\nHuman: hi there"}]),
                              r"m.jsonl:1: field 'chosen' has no '\\n\\nAssistant:' turn"),
