@@ -101,11 +101,10 @@ class Row:
 
     def get(self, name: str, expected: Sequence[str]) -> Any:
         """The field's value; a missing field names the closest present one."""
-        if name not in self.data:
-            shown = self.renamed.get(name, name)
+        if name not in self.data:  # (a renamed column is never missing: rename_columns checks it)
             present = [self.renamed.get(k, k) for k in self.data]
             expected = [self.renamed.get(k, k) for k in expected]
-            raise UserError(f"{self.where}: missing field '{shown}'.{suggest(shown, present)} "
+            raise UserError(f"{self.where}: missing field '{name}'.{suggest(name, present)} "
                             f"Expected fields: {', '.join(expected)}.")
         return self.data[name]
 
@@ -125,11 +124,16 @@ class Row:
 
 def rename_columns(rows: Iterable[Row], columns: Mapping[str, str]) -> Iterator[Row]:
     """The rows with their columns renamed by `columns` ({column in the file: field}), all at once
-    (so two columns may swap names); two columns that would end with one name are an error."""
+    (so two columns may swap names). Every mapped column must be in every row; two columns that
+    would end with one name are an error."""
     for row in rows:
         if not columns:
             yield row
             continue
+        for column in columns:
+            if column not in row.data:
+                raise row.fail(f"missing field '{column}' (the source's `columns` maps it to '{columns[column]}')."
+                               f"{suggest(column, list(row.data))} Fields in this row: {', '.join(row.data)}.")
         data: dict[str, Any] = {}
         origin: dict[str, str] = {}
         for column, value in row.data.items():
@@ -526,7 +530,7 @@ def split_shared_messages(row: Row, chosen: tuple[Message, ...], rejected: tuple
         n += 1
     if n == 0:
         raise row.fail(f"{row.label('chosen')} and {row.label('rejected')} share no prompt: their first messages "
-                       f"differ. Give both the whole conversation, or the prompt in a 'prompt' field.")
+                       f"differ. Give both the whole conversation, or the prompt in a 'prompt' field{NO_PROMPT_HINT}")
     for name, rest in zip(REPLIES, (chosen[n:], rejected[n:])):
         if len(rest) != 1 or rest[0]["role"] != "assistant":
             raise row.fail(f"{row.label(name)}: after the {n} messages shared with the other reply, expected one "
@@ -541,6 +545,7 @@ def split_shared_messages(row: Row, chosen: tuple[Message, ...], rejected: tuple
 
 
 _LAST_SPACE = re.compile(r"\s\S*\Z")
+NO_PROMPT_HINT = " (or map the file's prompt column to it with the source's `columns`, e.g. {question: prompt})."
 
 
 def split_shared_text(row: Row, chosen: str, rejected: str) -> Parsed:
@@ -551,14 +556,9 @@ def split_shared_text(row: Row, chosen: str, rejected: str) -> Parsed:
     prompt = chosen[:space.start() if space else 0].strip()
     if not prompt:
         raise row.fail(f"{row.label('chosen')} and {row.label('rejected')} share no prompt: they differ from the "
-                       f"first word. Start both with the same prompt text, or give it in a 'prompt' field.")
-    replies = []
-    for name, text in zip(REPLIES, (chosen, rejected)):
-        reply = text[len(prompt):].strip()
-        if not reply:
-            raise row.fail(f"{row.label(name)} has no text after the prompt it shares with the other reply.")
-        replies.append(reply)
-    return (user_prompt(prompt), *replies)
+                       f"first word. Start both with the same prompt text, or give it in a 'prompt' field{NO_PROMPT_HINT}")
+    # Both replies keep a word: the cut is at a space inside the shared start, and texts are stripped.
+    return user_prompt(prompt), chosen[len(prompt):].strip(), rejected[len(prompt):].strip()
 
 
 @layout("explicit prompt (TRL standard or conversational)",
