@@ -126,10 +126,10 @@ def rename_columns(rows: Iterable[Row], columns: Mapping[str, str]) -> Iterator[
     """The rows with their columns renamed by `columns` ({column in the file: field}), all at once
     (so two columns may swap names). Every mapped column must be in every row; two columns that
     would end with one name are an error."""
+    if not columns:
+        yield from rows
+        return
     for row in rows:
-        if not columns:
-            yield row
-            continue
         for column in columns:
             if column not in row.data:
                 raise row.fail(f"missing field '{column}' (the source's `columns` maps it to '{columns[column]}')."
@@ -256,16 +256,12 @@ def check_conversation(row: Row, name: str, value: Any) -> tuple[Message, ...]:
     return tuple(messages)
 
 
-def check_prompt(row: Row, name: str, messages: tuple[Message, ...]) -> tuple[Message, ...]:
-    """`messages` as a prompt: it must end with a non-empty user message (the turn being answered)."""
+def check_messages(row: Row, name: str, value: Any) -> tuple[Message, ...]:
+    """A prompt conversation field: a non-empty list of {"role", "content"} ending with the user's turn."""
+    messages = check_conversation(row, name, value)
     if messages[-1]["role"] != "user" or not messages[-1]["content"]:
         raise row.fail(f"{row.label(name)} must end with a non-empty user message (the turn being answered).")
     return messages
-
-
-def check_messages(row: Row, name: str, value: Any) -> tuple[Message, ...]:
-    """A prompt conversation field: a non-empty list of {"role", "content"} ending with the user's turn."""
-    return check_prompt(row, name, check_conversation(row, name, value))
 
 
 def check_reply(row: Row, name: str, expected: Sequence[str]) -> str:
@@ -451,17 +447,10 @@ PAIR_SCORES = ("score_chosen", "score_rejected")
 # Every field the `preference` format reads (the targets a source's `columns` may name).
 PREFERENCE_ALL_FIELDS = PREFERENCE_FIELDS + ("system", "meta") + PAIR_SCORES
 
-# A parsed row: (prompt messages, chosen reply, rejected reply).
+# A layout reads one row shape of the `preference` format (the table in docs/data.md) into
+# (prompt messages, chosen reply, rejected reply); its docstring's first line names it.
 Parsed = tuple[tuple[Message, ...], str, str]
-
-
-@dataclass(frozen=True)
-class Layout:
-    """One row shape the `preference` format reads (the table in docs/data.md)."""
-
-    name: str
-    parse: Callable[[Row], Parsed]
-
+Layout = Callable[[Row], Parsed]
 
 # (prompt kind, reply kind) -> the layout reading such rows. Prompt kinds: "none" (no field), "text",
 # "messages". Reply kinds (chosen and rejected together): "text"; "reply" (lists of one assistant
@@ -469,13 +458,13 @@ class Layout:
 LAYOUTS: dict[tuple[str, str], Layout] = {}
 
 
-def layout(name: str, *kinds: tuple[str, str]) -> Callable[[Callable[[Row], Parsed]], Callable[[Row], Parsed]]:
-    """Register a row parser for the (prompt kind, reply kind) combinations it reads."""
-    def add(parse: Callable[[Row], Parsed]) -> Callable[[Row], Parsed]:
+def layout(*kinds: tuple[str, str]) -> Callable[[Layout], Layout]:
+    """Register a layout for the (prompt kind, reply kind) combinations it reads."""
+    def add(parse: Layout) -> Layout:
         for kind in kinds:
             if kind in LAYOUTS:
                 raise ValueError(f"preference layout {kind} is registered twice")
-            LAYOUTS[kind] = Layout(name, parse)
+            LAYOUTS[kind] = parse
         return parse
 
     return add
@@ -518,8 +507,9 @@ def row_layout(row: Row) -> Layout:
         raise row.fail(f"{row.label('chosen')} is {_KIND_WORDS[kinds[0]]} but {row.label('rejected')} is "
                        f"{_KIND_WORDS[kinds[1]]}; give both as replies (a string or one assistant message) or both as "
                        f"whole conversations.")
-    row.get("prompt", PREFERENCE_FIELDS)  # single assistant replies and no prompt: "missing field 'prompt'"
-    raise AssertionError(f"no preference layout for {(_prompt_kind(row), replies)}")
+    # What is left: no prompt, and chosen/rejected are single assistant messages (TRL's explicit form).
+    raise row.fail(f"missing field 'prompt'. {row.label('chosen')} and {row.label('rejected')} are single assistant "
+                   f"messages, so the row needs the prompt they answer{NO_PROMPT_HINT}")
 
 
 def split_shared_messages(row: Row, chosen: tuple[Message, ...], rejected: tuple[Message, ...]) -> Parsed:
@@ -561,10 +551,12 @@ def split_shared_text(row: Row, chosen: str, rejected: str) -> Parsed:
     return user_prompt(prompt), chosen[len(prompt):].strip(), rejected[len(prompt):].strip()
 
 
-@layout("explicit prompt (TRL standard or conversational)",
-        ("text", "text"), ("text", "reply"), ("messages", "text"), ("messages", "reply"))
+@layout(("text", "text"), ("text", "reply"), ("messages", "text"), ("messages", "reply"))
 def explicit_prompt(row: Row) -> Parsed:
-    """prompt: a string or messages ending with the user's; chosen/rejected: strings or one assistant message."""
+    """Explicit prompt (TRL's standard and conversational forms).
+
+    prompt: a string or messages ending with the user's; chosen/rejected: strings or one assistant message.
+    """
     value = row.data["prompt"]
     prompt = user_prompt(row.text("prompt", PREFERENCE_FIELDS)) if isinstance(value, str) \
         else check_messages(row, "prompt", value)
@@ -572,9 +564,11 @@ def explicit_prompt(row: Row) -> Parsed:
     return prompt, chosen, rejected
 
 
-@layout("implicit prompt, text (TRL standard)", ("none", "text"))
+@layout(("none", "text"))
 def implicit_text(row: Row) -> Parsed:
-    """chosen/rejected: whole texts. HH-style dialogues ("Human: ...\\n\\nAssistant: ...") are parsed
+    """Implicit prompt, texts (TRL's standard form).
+
+    chosen/rejected: whole texts. HH-style dialogues ("Human: ...\\n\\nAssistant: ...") are parsed
     into turns and share their turns up to the last assistant one; other texts share their start."""
     chosen, rejected = (row.text(f, REPLIES) for f in REPLIES)
     if all(("\n\n" + t).startswith(HUMAN) for t in (chosen, rejected)):
@@ -582,17 +576,21 @@ def implicit_text(row: Row) -> Parsed:
     return split_shared_text(row, chosen, rejected)
 
 
-@layout("implicit prompt, conversations (TRL conversational)", ("none", "conversation"))
+@layout(("none", "conversation"))
 def implicit_conversation(row: Row) -> Parsed:
-    """chosen/rejected: whole conversations; the prompt is the messages they share."""
+    """Implicit prompt, conversations (TRL's conversational form).
+
+    chosen/rejected: whole conversations; the prompt is the messages they share.
+    """
     chosen, rejected = (check_conversation(row, f, row.data[f]) for f in REPLIES)
     return split_shared_messages(row, chosen, rejected)
 
 
-@layout("prompt and whole conversations (UltraFeedback-binarized)", ("text", "conversation"),
-        ("messages", "conversation"))
+@layout(("text", "conversation"), ("messages", "conversation"))
 def prompt_and_conversations(row: Row) -> Parsed:
-    """chosen/rejected: whole conversations, whose shared messages are the prompt; `prompt` must agree
+    """A prompt and whole conversations (UltraFeedback-binarized).
+
+    chosen/rejected: whole conversations, whose shared messages are the prompt; `prompt` must agree
     with them (a string: the last user message; messages: all of the shared ones)."""
     prompt, chosen, rejected = implicit_conversation(row)
     value = row.data["prompt"]
@@ -632,7 +630,7 @@ def pair_scores(row: Row) -> dict[str, float]:
 
 def preference_pair(row: Row, source: str) -> PreferencePair:
     """A `preference` row in any of its layouts, with the optional `system`, score and `meta` fields."""
-    prompt, chosen, rejected = row_layout(row).parse(row)
+    prompt, chosen, rejected = row_layout(row)(row)
     meta = row.data.get("meta") or {}
     if not isinstance(meta, dict):
         raise row.fail(f"{row.label('meta')} must be an object, got {type(meta).__name__}.")
