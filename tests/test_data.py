@@ -405,7 +405,8 @@ LAYOUT_BAD_CASES = {
         "a.jsonl", [{"chosen": "Blue.", "rejected": "Green."}], {},
         r"a.jsonl:1: field 'chosen' and field 'rejected' share no prompt"),
     "standard implicit, HH dialogue ending with a human turn": (
-        "b.jsonl", [{"chosen": "\n\nHuman: Hi\n\nAssistant: Hello.\n\nHuman: Bye", "rejected": "\n\nHuman: Hi\n\nAssistant: Yo."}],
+        "b.jsonl", [{"chosen": "\n\nHuman: Hi\n\nAssistant: Hello.\n\nHuman: Bye",
+                     "rejected": "\n\nHuman: Hi\n\nAssistant: Yo."}],
         {}, r"b.jsonl:1: field 'chosen': after the 1 messages shared .* roles \['assistant', 'user'\]"),
     "conversational implicit, nothing shared": (
         "c.jsonl", [{"chosen": [msg("user", "Hi"), msg("assistant", "Hello.")],
@@ -523,7 +524,8 @@ BAD_CASES = {
     "reply not assistant": ("preference", "l.jsonl",
                             lambda p: write_jsonl(p, [{"prompt": "q", "chosen": [{"role": "user", "content": "a"}],
                                                        "rejected": "b"}]),
-                            r"l.jsonl:1: field 'chosen' is a conversation but field 'rejected' is a string; give both as replies"),
+                            r"l.jsonl:1: field 'chosen' is a conversation but field 'rejected' is a string; "
+                            r"give both as replies"),
     "hh without assistant": ("hh-rlhf", "m.jsonl",
                              lambda p: write_jsonl(p, [{"chosen": "\n\nHuman: hi", "rejected": "\n\nHuman: hi there"}]),
                              r"m.jsonl:1: field 'chosen' has no '\\n\\nAssistant:' turn"),
