@@ -502,7 +502,8 @@ def row_layout(row: Row) -> Layout:
                        f"got {row.data['prompt']!r:.60}.")
     for name, value, kind in zip(REPLIES, values, kinds):
         if kind == "other":
-            raise row.fail(f"{row.label(name)} must be a string or a list of messages, got {value!r:.60}.")
+            raise row.fail(f"{row.label(name)} must be a string or a list of messages, got {type(value).__name__}. "
+                           f"Fix that row.")
     if replies == "mixed":
         raise row.fail(f"{row.label('chosen')} is {_KIND_WORDS[kinds[0]]} but {row.label('rejected')} is "
                        f"{_KIND_WORDS[kinds[1]]}; give both as replies (a string or one assistant message) or both as "
@@ -713,12 +714,12 @@ def check_options(source: DataSourceConfig) -> dict[str, Any]:
 
 def check_columns(source: DataSourceConfig) -> None:
     """ConfigError for a `columns` target that is not a field the source's format reads."""
-    fields = list(DATA_FORMATS.get(source.format).fields)
+    fields = list(getattr(DATA_FORMATS.get(source.format), "fields", ()))  # set by @reads
     for column, target in source.columns.items():
         if target not in fields:
             raise ConfigError(f"config key 'data.sources.{source_name(source)}.columns.{column}': '{target}' is not a "
                               f"field of format '{source.format}'.{suggest(target, fields)} "
-                              f"Fields: {', '.join(fields) or '(none: it reads its own file)'}.")
+                              f"Fields: {', '.join(fields) or '(none)'}.")
 
 
 def load_source(source: DataSourceConfig) -> LoadResult:
