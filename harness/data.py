@@ -658,8 +658,8 @@ def load_preference(source: DataSourceConfig, *, min_score_margin: Optional[floa
         pair = preference_pair(row, name)
         if min_score_margin is not None:
             if PAIR_SCORES[0] not in pair.meta:
-                raise row.fail(f"option min_score_margin needs {row.label(PAIR_SCORES[0])} and {row.label(PAIR_SCORES[1])}; "
-                               f"this row has neither. Remove the option or add the scores.")
+                raise row.fail(f"option min_score_margin needs {row.label(PAIR_SCORES[0])} and "
+                               f"{row.label(PAIR_SCORES[1])}; this row has neither. Remove the option or add the scores.")
             if pair.meta["score_chosen"] - pair.meta["score_rejected"] < min_score_margin:
                 yield Drop(dropped)
                 continue
