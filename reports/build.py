@@ -1,4 +1,4 @@
-"""Build a run's report from its result files: results.json, leaderboard.md/.csv, ablations.md,
+"""Build a run's report from its result files: results.json, leaderboard.md/.csv, ablations.md/.csv,
 plots/*.png and index.html.
 
 Everything is written into a temporary folder beside the target and renamed into place at the end,
@@ -18,12 +18,13 @@ from harness.io import atomic_write_json, to_json
 from harness.provenance import package_versions, timestamp
 from reports import plots
 from reports.analysis import Settings, analyse, settings_for
-from reports.render import ablations_md, index_html, leaderboard_csv, leaderboard_md
+from reports.render import index_html, key_columns, leaderboard_csv, leaderboard_md
+from reports.tables import ablations_csv, ablations_md
 from reports.rundata import RunData, load_run
 
 RESULTS_SCHEMA_VERSION = 2
 # Packages whose versions can change the report's numbers (resampling, plotting).
-REPORT_PACKAGES = ("bdpo-harness", "numpy", "scipy", "matplotlib")
+REPORT_PACKAGES = ("bdpo-harness", "numpy", "scipy", "matplotlib", "pandas", "jinja2")
 
 
 def results_json(run: RunData, settings: Settings) -> dict[str, Any]:
@@ -63,7 +64,8 @@ def _replace_dir(new: Path, final: Path) -> None:
 
 
 # The report's files: in a results folder they sit beside the result files they are built from.
-REPORT_FILES = ("results.json", "leaderboard.md", "leaderboard.csv", "ablations.md", "index.html", "plots")
+REPORT_FILES = ("results.json", "leaderboard.md", "leaderboard.csv", "ablations.md", "ablations.csv", "index.html",
+                "plots")
 
 
 def build_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None, *,
@@ -76,6 +78,8 @@ def build_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None =
     settings = settings_for(run.manifest, bootstrap_samples, seed)
     results = results_json(run, settings)
     figures = {
+        "forest": plots.forest(results),
+        "ablations": plots.ablation_multiples(results, key_columns(results)),
         "training_curves": plots.training_curves(run),
         "frontier": plots.frontier(run, results),
         "distributions": plots.distributions(run),
@@ -92,6 +96,7 @@ def build_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None =
         (tmp / "leaderboard.md").write_text(leaderboard_md(results), encoding="utf-8")
         (tmp / "leaderboard.csv").write_text(leaderboard_csv(results), encoding="utf-8")
         (tmp / "ablations.md").write_text(ablations_md(results), encoding="utf-8")
+        (tmp / "ablations.csv").write_text(ablations_csv(results), encoding="utf-8")
         (tmp / "plots").mkdir()
         for name, png in figures.items():
             if png is not None:

@@ -8,6 +8,7 @@ of harness/records.py; nothing is mocked.
 from __future__ import annotations
 
 import csv
+import html
 import json
 import math
 import shutil
@@ -349,10 +350,14 @@ def test_ablation_pivots_follow_the_sweep(built):
         ("bdpo", {"clip": 0.3}, ["bdpo-c0.3", "bdpo-b0.5"]),
         ("dpo", {}, ["dpo", None]),
     ]
-    md = (built / "report" / "ablations.md").read_text()
+    md = " ".join((built / "report" / "ablations.md").read_text().split())  # columns are padded
     a, b = board["bdpo-c0.1"]["reward.mean"], board["bdpo-c0.3"]["reward.mean"]
-    assert (f"| bdpo | beta=0.1 | reward mean | {a['value']:.3f} [{a['ci_low']:.3f}, {a['ci_high']:.3f}] | "
+    assert (f"| bdpo | beta=0.1 | reward mean ↑ | {a['value']:.3f} [{a['ci_low']:.3f}, {a['ci_high']:.3f}] | "
             f"{b['value']:.3f} [{b['ci_low']:.3f}, {b['ci_high']:.3f}] |") in md
+    # ablations.csv: the same cells in long form, at full precision.
+    with open(built / "report" / "ablations.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if (r["field"], r["metric"], r["variant"]) == ("clip", "reward.mean", "bdpo-c0.3")]
+    assert len(rows) == 1 and float(rows[0]["estimate"]) == b["value"] and float(rows[0]["ci_low"]) == b["ci_low"]
 
 
 def test_results_carry_provenance_and_are_byte_identical(built, tmp_path):
@@ -369,7 +374,7 @@ def test_results_carry_provenance_and_are_byte_identical(built, tmp_path):
     assert (built / "report" / "results.json").read_bytes() == first
     build_report(built, tmp_path / "again")
     assert (tmp_path / "again" / "results.json").read_bytes() == first
-    for name in ("training_curves", "frontier", "distributions"):
+    for name in ("training_curves", "frontier", "distributions", "forest", "ablations"):
         png = (built / "report" / "plots" / f"{name}.png").read_bytes()
         assert png.startswith(b"\x89PNG") and len(png) > 5000
 
@@ -397,7 +402,8 @@ def test_minimal_run_one_seed_no_reference_reward_only(tmp_path):
     assert c["difference"] == pytest.approx(sum(a - b for a, b in pairs) / len(pairs), abs=1e-12)
     assert c["p_value"] == pytest.approx(c["p_t_prompts"])  # one seed: the crossed test is the paired t
     assert len(results["comparisons"]) == 3  # pooled and per source
-    assert sorted(p.name for p in (out / "plots").iterdir()) == ["distributions.png", "training_curves.png"]
+    # No ablations, no cost scorer: no ablation or frontier plot.
+    assert sorted(p.name for p in (out / "plots").iterdir()) == ["distributions.png", "forest.png", "training_curves.png"]
     assert "nothing to plot" in (out / "index.html").read_text()
     assert "No config field was swept" in (out / "ablations.md").read_text()
     assert set(results["inputs"]) == {"manifest.json", "generations/dpo-seed0.jsonl", "generations/bdpo-c0.3-seed0.jsonl",
@@ -436,16 +442,20 @@ def test_untrusted_text_is_escaped(built):
     parser = _PageParser()
     parser.feed(page)
     tags = [t for t, _ in parser.tags]
-    assert "script" not in tags
-    assert not any(a.get("onerror") for _, a in parser.tags)
+    # One script, the page's own sample browser; no completion opened another or an event handler.
+    assert tags.count("script") == 1 and "alert(" not in page.split("<script>")[1]
+    assert not any(k.startswith("on") for _, a in parser.tags for k in a)
     imgs = [a for t, a in parser.tags if t == "img"]
-    assert len(imgs) == 3 and all(a["src"].startswith("data:image/png;base64,") for a in imgs)
+    assert len(imgs) == 5 and all(a["src"].startswith("data:image/png;base64,") for a in imgs)
     assert "h1" in tags and tags.count("h1") == 1  # the completion's <h1> stays text
     assert parser.open_tables == 0 and parser.max_open_tables == 1  # no table closed or opened by a completion
     text = "".join(parser.text)
     for hostile in HOSTILE:
         assert hostile in text, hostile
     assert "question 1 <b>bold?</b>" in text
+    # Scores reach the browser's script through single-quoted JSON attributes, escaped.
+    scores = [json.loads(a["data-scores"]) for _, a in parser.tags if "data-scores" in a]
+    assert len(scores) == 9 * N_PROMPTS * N_SAMPLES and set(scores[0]) == {"reward", "cost"}
     # Self-contained: nothing is fetched from anywhere.
     assert not any(v.startswith(("http:", "https:", "//")) for _, a in parser.tags for k, v in a.items()
                    if k in ("src", "href") and v)
@@ -549,6 +559,39 @@ def test_manifest_validation_names_the_field():
 # ---------------------------------------------------------------------------------- headless Chromium
 
 
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars",
+                  "--enable-logging=stderr", "--v=0"]
+
+# Run in a page that holds the report in a 1400 x 900 frame (the first screen): where the key
+# elements are, then the sample browser's controls used as a person would, results written as JSON.
+PROBE = """<!DOCTYPE html><html><body style="margin:0">
+<iframe id="f" src="REPORT" style="width:1400px;height:900px;border:0"></iframe><pre id="out"></pre>
+<script>
+document.getElementById("f").addEventListener("load", () => {
+  const doc = document.getElementById("f").contentDocument, out = {};
+  const top = (sel) => { const e = doc.querySelector(sel); return e ? e.getBoundingClientRect().top : null; };
+  const bottom = (sel) => { const e = doc.querySelector(sel); return e ? e.getBoundingClientRect().bottom : null; };
+  out.first_screen = {answer: top("#answer"), primary: top("#primary"), control: top("#positive-control"),
+                      scorers: top("#scorers"), forest: bottom("#forest img"), leaderboard: top("#leaderboard")};
+  const blocks = () => Array.from(doc.querySelectorAll("#prompts .prompt"));
+  const set = (id, value) => { const e = doc.getElementById(id); e.value = value;
+                               e.dispatchEvent(new Event("input", {bubbles: true})); };
+  out.n_prompts = blocks().length;
+  set("search", "Answer 5.1 from");
+  out.search_shown = blocks().filter((b) => !b.hidden).map((b) => b.querySelector("code").textContent);
+  set("search", "");
+  set("filter-source", "harmless");
+  out.source_shown = blocks().filter((b) => !b.hidden).map((b) => b.dataset.source);
+  set("filter-source", "");
+  set("sort-variant", "bdpo-c0.3"); set("sort-scorer", "reward"); set("sort-order", "desc");
+  out.sorted = blocks().map((b) => [b.querySelector("code").textContent, parseFloat(b.dataset.diff)]);
+  out.counter = doc.getElementById("shown-count").textContent;
+  document.getElementById("out").textContent = JSON.stringify(out);
+});
+</script></body></html>"""
+
+
 def _chromium() -> str | None:
     return next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
 
@@ -557,27 +600,47 @@ def test_page_renders_in_headless_chromium(built, tmp_path):
     browser = _chromium()
     if browser is None:
         pytest.skip("no chromium binary (install Debian's `chromium` to run this test)")
+    flags = [*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]
+    page = built / "report" / "index.html"
+    assert page.stat().st_size < 2_000_000
     shot = tmp_path / "report.png"
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars",
-             f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0"]
-    url = (built / "report" / "index.html").resolve().as_uri()
-    out = subprocess.run([browser, *flags, "--window-size=1400,2200", f"--screenshot={shot}", url],
+    out = subprocess.run([browser, *flags, "--window-size=1400,900", f"--screenshot={shot}", page.resolve().as_uri()],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "Uncaught" not in out.stderr and ":CONSOLE" not in out.stderr, out.stderr[-2000:]
-    dom = subprocess.run([browser, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120)
-    assert dom.returncode == 0
-    assert "Leaderboard" in dom.stdout and "bdpo-c0.3" in dom.stdout
-    assert "<script>alert" not in dom.stdout and "&lt;script&gt;alert" in dom.stdout
-    # The screenshot shows a page, not a blank one: plenty of distinct colours (tables, text, plots).
+    # The first screen shows a page, not a blank one: plenty of distinct colours (text, the forest plot).
     import matplotlib.image
 
     pixels = matplotlib.image.imread(shot)
-    assert pixels.shape[0] >= 2000 and pixels.shape[1] >= 1300
-    colours = np.unique((pixels[..., :3] * 255).astype(np.uint8).reshape(-1, 3), axis=0)
-    assert len(colours) > 200
+    assert pixels.shape[0] >= 850 and pixels.shape[1] >= 1300
+    assert len(np.unique((pixels[..., :3] * 255).astype(np.uint8).reshape(-1, 3), axis=0)) > 200
     shutil.copy(shot, built / "report-screenshot.png")  # kept beside the run for a human look
+
+    probe = tmp_path / "probe.html"
+    probe.write_text(PROBE.replace("REPORT", page.resolve().as_uri()))
+    dom = subprocess.run([browser, *flags, "--allow-file-access-from-files", "--virtual-time-budget=10000",
+                          "--dump-dom", probe.resolve().as_uri()], capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    found = json.loads(html.unescape(dom.stdout.split('<pre id="out">')[1].split("</pre>")[0]))
+    # Key elements in the first 900 px: the answer boxes, the forest plot; the leaderboard just below.
+    screen = found["first_screen"]
+    for key in ("answer", "primary", "control", "scorers", "forest"):
+        assert screen[key] is not None and 0 <= screen[key] <= 900, (key, screen)
+    # Search finds the one prompt whose completions contain the text; the source filter keeps its source.
+    assert found["n_prompts"] == N_PROMPTS
+    assert found["search_shown"] == [f"{SOURCES[1]}:p05"]
+    assert found["source_shown"] == ["harmless"] * (N_PROMPTS // 2)
+    # Sorted by bdpo-c0.3 minus dpo on reward, largest first, and the differences are the score files'.
+    diffs = [d for _, d in found["sorted"]]
+    assert diffs == sorted(diffs, reverse=True)
+    expected = defaultdict(list)
+    for seed in SEEDS:
+        a, b = _scores(built, f"bdpo-c0.3-seed{seed}", "reward"), _scores(built, f"dpo-seed{seed}", "reward")
+        for (pid, _), value in a.items():
+            expected[pid].append(value - b[(pid, _)])
+    for pid, d in found["sorted"]:
+        assert d == pytest.approx(np.mean(expected[pid]), abs=1e-3), pid
+    assert found["counter"] == f"{N_PROMPTS} of {N_PROMPTS} prompts shown"
 
 
 # ------------------------------------------------------------ positive control: held-out implicit rewards
