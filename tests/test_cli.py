@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -50,6 +51,8 @@ def test_train_takes_an_override_after_an_option():
     assert (args.config, args.variant, args.overrides) == ("configs/hh-study.yaml", ["dpo"], ["train.max_steps=4"])
 
 
+QUIET_VARIABLES = ("VLLM_LOGGING_LEVEL", "TRANSFORMERS_VERBOSITY", "DATASETS_VERBOSITY", "HF_HUB_DISABLE_PROGRESS_BARS",
+                   "TQDM_DISABLE")
 LIBRARY_CHATTER = """
 import logging, sys, warnings
 from harness.terminal import quiet_third_party
@@ -66,7 +69,10 @@ logging.getLogger("trainers.trainer").warning("the project's own warning")
 
 @pytest.mark.parametrize("mode", ["quiet", "verbose"])
 def test_library_logs_bars_and_warnings_are_silenced_unless_verbose(mode):
-    out = subprocess.run([sys.executable, "-c", LIBRARY_CHATTER, mode], capture_output=True, text=True, timeout=300)
+    # Without the switches an in-process `main()` of another test may have set in this environment.
+    env = {k: v for k, v in os.environ.items() if k not in QUIET_VARIABLES}
+    out = subprocess.run([sys.executable, "-c", LIBRARY_CHATTER, mode], capture_output=True, text=True, timeout=300,
+                         env=env)
     assert out.returncode == 0, out.stderr
     assert "the project's own warning" in out.stderr
     for chatter in ("LOAD REPORT from a library", "a library warning", "Loading weights"):
