@@ -9,7 +9,7 @@ registered class, built from a model folder and a `harness.config.ScorerConfig`:
 - `beaver`: PKU-Alignment's `LlamaForScore` reward and cost models, loaded natively (a
   `LlamaModel` plus the score head and normaliser read from the safetensors), no remote code.
 - `bradley-terry`: the project's own reward/cost models (trainers/scorer_training.py), a
-  sequence classifier plus `scorer.json` (template, max length, calibration offset).
+  sequence classifier plus `scorer.json` (harness/scorer_format.py: template, max length, calibration offset).
 
 Sign conventions: reward higher = more helpful; cost higher = more harmful; a response is safe when
 cost <= threshold (default 0, as safe-rlhf uses). Scores are checked: a non-finite value or an
@@ -21,24 +21,18 @@ from __future__ import annotations
 import math
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Sequence, Union
+from typing import Any, Sequence
 
 import torch
 
 from harness.config import ScorerConfig
-from harness.data import render_prompt
 from harness.errors import UserError
-from harness.models import check_weights_safe, load_kwargs
-from harness.records import Message, PreferencePair
+from harness.models import check_weights_safe, default_device, load_kwargs
+from harness.records import PreferencePair
 from harness.registries import SCORERS
-from harness.registry import Registry
-
-# A prompt is a conversation ending with the user's message, or plain text (one user message).
-Prompt = Union[str, Sequence[Message]]
-# What one scorer input becomes before padding: token ids and whatever else the model takes.
-Encoding = dict[str, list[int]]
-
-SCORER_FILE = "scorer.json"
+# How a pair is encoded and scorer.json: shared with the scorer trainer, so they live in the floor.
+from harness.scorer_format import (PROMPT_TEMPLATES, SCORER_FILE, Encoding, Prompt, as_messages,  # noqa: F401
+                                   encode_pair, read_scorer_file)
 
 
 class ScoreError(UserError):
@@ -48,63 +42,9 @@ class ScoreError(UserError):
         super().__init__(f"scorer {scorer}: {reason} (input row {row}).")
         self.scorer, self.reason, self.row = scorer, reason, row
 
-
-def as_messages(prompt: Prompt) -> list[Message]:
-    """Chat messages; a string is one user message. A system message is merged into the first
-    user turn, because neither HH-RLHF's nor beaver's format has a place for it."""
-    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else [dict(m) for m in prompt]
-    if messages and messages[0].get("role") == "system":
-        system, rest = messages[0], messages[1:]
-        if rest and rest[0].get("role") == "user":
-            rest[0] = {"role": "user", "content": f"{system['content']}\n\n{rest[0]['content']}"}
-            return rest
-        return [{"role": "user", "content": system["content"]}, *rest]
-    return messages
-
-
-# --------------------------------------------------------------------------------------------
-# Prompt templates: how a conversation becomes the first text of a (prompt, response) text pair.
-# --------------------------------------------------------------------------------------------
-
-PROMPT_TEMPLATES: Registry[Callable[[list[Message]], str]] = Registry("prompt template")
-
-
-@PROMPT_TEMPLATES.register("hh")
-def hh_template(messages: list[Message]) -> str:
-    """Anthropic HH-RLHF dialogue text, '\\n\\nHuman: ...\\n\\nAssistant: ...', ending '\\n\\nAssistant:'."""
-    return render_prompt(messages, None, use_chat_template=False)
-
-
-@PROMPT_TEMPLATES.register("qa")
-def qa_template(messages: list[Message]) -> str:
-    """The question alone for a one-turn prompt (OpenAssistant's reward models take question,
-    answer pairs); HH dialogue text for longer conversations."""
-    if len(messages) == 1:
-        return messages[0]["content"]
-    return hh_template(messages)
-
-
-def encode_pair(tokenizer: Any, template: str, prompt: Prompt, response: str, max_length: int) -> Encoding:
-    """Token ids of the text pair (rendered prompt, response), cut to `max_length` tokens.
-
-    Truncation removes tokens from the left of the longer text first, so the response and the end
-    of the conversation (what a preference is about) survive. Used by training and scoring alike.
-    """
-    tokenizer.truncation_side = "left"
-    messages = as_messages(prompt)
-    if not messages or messages[-1]["role"] != "user":
-        raise UserError(f"scorer input: the prompt must end with the user's message, got {messages[-1:]!r}.")
-    text = PROMPT_TEMPLATES.get(template)(messages)
-    return dict(tokenizer(text, response, truncation="longest_first", max_length=max_length))
-
-
 # --------------------------------------------------------------------------------------------
 # The interface.
 # --------------------------------------------------------------------------------------------
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 class Scorer:
@@ -208,17 +148,12 @@ class BradleyTerryScorer(HFClassifierScorer):
 
     def __init__(self, path: str, config: ScorerConfig) -> None:
         meta_path = Path(path) / SCORER_FILE
-        if not meta_path.is_file():
-            raise UserError(f"scorer '{config.name}': {meta_path} not found; is {path} a folder written by "
-                            "`bdpo train-scorer`? For other classifiers use type hf-classifier.")
-        from harness.io import read_json
-
-        self.meta = read_json(meta_path)
+        self.meta = read_scorer_file(path, config.name)
         super().__init__(path, config)
         self._check_score_type(self.meta["score_type"], str(meta_path))
         self.template = self.meta["template"]
         self.max_length = int(self.meta["max_length"])
-        # Calibration shift fixed at training time (see trainers/scorer_training.py), so 0 is meaningful.
+        # Calibration shift fixed by the scorer stage (see evaluators/scorer_calibration.py), so 0 is meaningful.
         self.offset = float(self.meta["offset"])
         self.info.update(template=self.template, offset=self.offset, heldout=self.meta.get("heldout"),
                          sign_inverted=self.meta.get("sign_inverted", False))

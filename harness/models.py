@@ -10,11 +10,14 @@ from __future__ import annotations
 import importlib.util
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from harness.errors import UserError
 from harness.io import atomic_write_json, read_json, sha256_json, sha256_tree
 from harness.registry import Registry
+
+if TYPE_CHECKING:
+    import torch
 
 # name -> function(target_dir) that writes a Hugging Face folder there.
 BUILTIN_MODELS: Registry[Callable[[Path], None]] = Registry("built-in model")
@@ -104,6 +107,13 @@ def check_weights_safe(folder: str, allow_pickle_weights: bool) -> None:
             f"{folder}: weights are pickle files ({', '.join(sorted(pickles))}), which can run code when "
             "loaded. Convert them to safetensors, or set model.allow_pickle_weights=true if you trust them."
         )
+
+
+def default_device() -> torch.device:
+    """The device models run on when nothing else decides: the GPU when there is one, else the CPU."""
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def load_kwargs(trust_remote_code: bool, allow_pickle_weights: bool) -> dict[str, Any]:

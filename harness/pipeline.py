@@ -7,7 +7,9 @@
 whose fingerprint has no matching record and skips the rest, so a rerun with nothing changed does no
 work, changing one variant redoes only that variant's stages, and a killed run continues where it
 stopped (stages write atomically and record their fingerprint last; training and generation also
-resume inside a stage).
+resume inside a stage). `execute(only=...)` runs chosen stages and what they read from: the
+single-stage commands (`bdpo train`, `generate`, `score`, `train-scorer`) are that, so their outputs
+and `bdpo run`'s are the same files under the same records.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import inspect
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Collection, Iterator
 
 from rich.console import Console
 from rich.table import Table
@@ -78,6 +80,43 @@ def sweep_fields(cfg: RunConfig) -> dict[str, dict[str, Any]]:
     keys = sorted({k for d in flat.values() for k in d})
     varying = [k for k in keys if len({repr(d.get(k)) for d in flat.values()}) > 1]
     return {name: {k: d[k] for k in varying if k in d} for name, d in flat.items()}
+
+
+def _strings(value: Any) -> Iterator[str]:
+    """Every string inside nested dicts, lists and tuples."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _strings(v)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _strings(v)
+
+
+def with_upstream(stages: list[Stage], wanted: Collection[str]) -> list[Stage]:
+    """The stages named in `wanted` and every stage they read from, directly or not, in plan order.
+
+    A stage reads from exactly the stages whose fingerprints are among its inputs: the link that
+    makes a change upstream redo it is also the order in which they must run.
+    """
+    names = {s.name for s in stages}
+    unknown = sorted(set(wanted) - names)
+    if unknown:
+        raise UserError(f"no stage {', '.join(unknown)} in this config's plan (stages: {', '.join(sorted(names))}).")
+    # Stages with equal inputs (two variants that differ only in name) share a fingerprint: take all.
+    by_fingerprint: dict[str, list[str]] = {}
+    for s in stages:
+        by_fingerprint.setdefault(s.fingerprint, []).append(s.name)
+    reads = {s.name: [n for x in _strings(s.inputs) for n in by_fingerprint.get(x, ())] for s in stages}
+    keep: set[str] = set()
+    todo = list(wanted)
+    while todo:
+        name = todo.pop()
+        if name not in keep:
+            keep.add(name)
+            todo += reads[name]
+    return [s for s in stages if s.name in keep]
 
 
 def _source_hash(path: str) -> str:
@@ -189,9 +228,10 @@ class Pipeline:
         return stages
 
     # ---------------------------------------------------------------- running
-    def execute(self, dry_run: bool = False) -> list[tuple[str, str]]:
-        """Run (or, with dry_run, only list) the plan; returns (stage, 'cached'|'ran'|'would run')."""
-        stages = self.plan()
+    def execute(self, dry_run: bool = False, only: Collection[str] | None = None) -> list[tuple[str, str]]:
+        """Run (or, with dry_run, only list) the plan; returns (stage, 'cached'|'ran'|'would run').
+        `only`: run just these stages (by name) and the ones they read from (see with_upstream)."""
+        stages = self.plan() if only is None else with_upstream(self.plan(), only)
         status = [(s, self.run.is_fresh(s.name, s.fingerprint)) for s in stages]
         if dry_run:
             return [(s.name, "cached" if fresh else "would run") for s, fresh in status]
@@ -268,7 +308,7 @@ class Pipeline:
                            soft_wrap=True)
 
     def train_scorer(self, s: ScorerConfig) -> None:
-        from trainers.scorer_training import train_bt_scorer
+        from harness.scorer_stage import train_scorer
 
         pairs = self.pairs("scorer_pairs")
         if s.train_sources:
@@ -278,10 +318,8 @@ class Pipeline:
                             f"{self.cfg.data.scorer_fraction}; train_sources {list(s.train_sources)}). "
                             "Raise data.scorer_fraction or give the scorer a model path.")
         eval_pairs = [p for p in self.pairs("eval_pairs") if not s.train_sources or p.source in s.train_sources]
-        train_bt_scorer(pairs, s.score_type, self.run.path("scorers", s.name), max_steps=s.train_steps,
-                        batch_size=s.train_batch_size, lr=s.train_learning_rate, max_length=s.train_max_length,
-                        seed=self.cfg.data.split_seed, eval_pairs=eval_pairs, progress=self.progress, overwrite=True,
-                        backbone=s.train_backbone)
+        train_scorer(s, pairs, eval_pairs, self.run.path("scorers", s.name), seed=self.cfg.data.split_seed,
+                     progress=self.progress, overwrite=True)
 
     def train(self, u: Unit) -> None:
         from trainers.trainer import train_policy
@@ -356,6 +394,16 @@ class Pipeline:
         from reports.build import build_report
 
         build_report(self.run.root)
+
+
+def print_statuses(statuses: list[tuple[str, str]], title: str, console: Console) -> None:
+    """The table of what `execute` did (or would do) with each stage."""
+    table = Table(title=title)
+    table.add_column("stage")
+    table.add_column("status")
+    for name, status in statuses:
+        table.add_row(name, {"cached": "[dim]cached[/]", "ran": "[green]ran[/]"}.get(status, f"[yellow]{status}[/]"))
+    console.print(table)
 
 
 def summarize(run_root: Path, console: Console) -> None:

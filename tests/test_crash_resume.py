@@ -1,8 +1,9 @@
 """Crash and resume: `bdpo run` is killed (SIGKILL) at random moments inside every stage type, restarted
 until it finishes, and must end with exactly what an uninterrupted run writes.
 
-The run is the smallest one that has every stage: real HH-RLHF pairs (../shared), the 260K-parameter
-TinyStories Llama as policy and scorer backbone, 1 seed x 2 variants x 4 steps with a Trainer
+The run is the smallest one that has every stage: real HH-RLHF pairs and the 260K-parameter TinyStories
+Llama as policy and scorer backbone from ../shared (without it: the package's built-in safety pairs and
+a tiny random Llama, tests/conftest.py pipeline_inputs), 1 seed x 2 variants x 4 steps with a Trainer
 checkpoint every step, 6 evaluation prompts generated 2 per batch (so the generation side file has
 rows to resume from), one trained Bradley-Terry scorer. Kills are aimed with the stage markers: the
 test waits for `stages/<stage>.started` of the targeted stage type to appear in this attempt, then
@@ -31,9 +32,8 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
-from harness.config import DataSourceConfig
 from harness.io import iter_jsonl, read_json, read_jsonl
-from tests.conftest import REPO, shared_path
+from tests.conftest import REPO, pipeline_inputs
 
 pytestmark = pytest.mark.slow
 
@@ -50,14 +50,11 @@ def tiny_inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.getbasetemp() / "tiny-inputs"
     path = folder / "tiny.yaml"
     if not path.exists():
-        from harness.data import load_source
-
-        model = shared_path("models", "stories260k")
-        hh = shared_path("data", "hh-rlhf", "helpful-base", "test.jsonl.gz")
+        inputs = pipeline_inputs(tmp_path_factory, max_pairs=40)
+        model = inputs.model
         folder.mkdir()
-        pairs = load_source(DataSourceConfig(format="hh-rlhf", path=str(hh), name="hh", max_pairs=40)).pairs
         rows = []
-        for i, p in enumerate(pairs):
+        for i, p in enumerate(inputs.pairs):
             prompt = [dict(m) for m in p.prompt]
             prompt[-1]["content"] += " " + PAYLOADS[i % len(PAYLOADS)]
             rows.append({"prompt": prompt, "chosen": p.chosen, "rejected": p.rejected})

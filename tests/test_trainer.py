@@ -353,6 +353,8 @@ def test_cli_trains_each_variant_and_prints_a_summary(model_cfg, tmp_path, capsy
     config = tmp_path / "run.yaml"
     config.write_text(f"""
 experiment: cli
+run_root: {tmp_path / 'runs'}
+seeds: [0, 1]
 model: {{path: "{model_cfg.path}", dtype: float32}}
 data:
   sources: [{{format: hh-rlhf, path: "{shared_path('data', 'hh-rlhf')}", max_pairs: 10,
@@ -363,16 +365,16 @@ variants:
   - {{name: dpo, loss: dpo, params: {{beta: 0.1}}}}
   - {{name: bdpo, loss: bdpo, params: {{beta: 0.1, clip: 0.3}}}}
 """)
-    out = tmp_path / "ckpt"
-    assert main(["train", str(config), "train.learning_rate=1e-3", "--output-dir", str(out), "--seed", "1",
-                 "--no-progress"]) == 0
+    assert main(["train", str(config), "train.learning_rate=1e-3", "--seed", "1", "--no-progress"]) == 0
     printed = capsys.readouterr()
     assert "dpo-seed1" in printed.out and "bdpo-seed1" in printed.out and "reward accuracy" in printed.out
-    assert "training on 8 pairs" in printed.err and "tokenisation:" in printed.err
+    assert "'train_pairs': 8" in printed.err and "tokenisation:" in printed.err
+    out = tmp_path / "runs" / "cli" / "checkpoints"
+    assert sorted(p.name for p in out.iterdir()) == ["bdpo-seed1", "dpo-seed1"]
     for unit in ("dpo-seed1", "bdpo-seed1"):
         record = json.loads((out / unit / "train_record.json").read_text())
         assert record["step"] == 2 and record["config"]["train"]["learning_rate"] == 1e-3
-    assert main(["train", str(config), "--variant", "bdp", "--output-dir", str(out)]) == 2
+    assert main(["train", str(config), "--variant", "bdp"]) == 2
     assert "Did you mean 'bdpo'" in capsys.readouterr().err
 
 
