@@ -162,7 +162,7 @@ class Pipeline:
 
         # Settings that change only speed, not output, stay out of the fingerprint.
         gen = {k: v for k, v in to_dict(cfg.generate).items()
-               if k not in ("generator", "batch_size", "tensor_parallel_size")}
+               if k not in ("generator", "batch_size", "tensor_parallel_size", "engine_reuse")}
         gen_fp = {}
         for name, pfp in policy_fp.items():
             st = Stage(f"generate/{name}", {"policy": pfp, "generate": gen, "data": data_stage.fingerprint,
