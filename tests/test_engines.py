@@ -7,6 +7,7 @@ tokenizer; the LoRA adapter is made here with random (non-zero) weights, so it c
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Iterator
@@ -173,3 +174,46 @@ def test_vllm_adapter_serves_the_unit_under_its_own_engine_tag(folders, vllm_mer
     assert out["unit_engine"].endswith("+lora") and not out["base_engine"].endswith("+lora")
     assert tokens(out["unit"]) != tokens(out["base"])
     assert tokens(out["base"]) == tokens(out["base_again"])
+
+
+# ------------------------------------------------------------------------------------------------
+# The pipeline: one engine and one model per scorer for the whole run
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_lora_run_starts_one_engine_and_loads_each_scorer_once(tmp_path, monkeypatch):
+    from rich.console import Console
+
+    import evaluators.scorers as scorers
+    from harness.config import load_config
+    from harness.pipeline import Pipeline
+    from tests.conftest import REPO, shared_path
+
+    model, hh = shared_path("models", "stories260k"), shared_path("data", "hh-rlhf")
+    cfg = load_config(REPO / "configs" / "ci-hh-tiny.yaml", [
+        f"run_root={tmp_path}", f"model.path={model}", "seeds=[0]", "train.max_steps=2", "train.lora.enabled=true",
+        f"data.sources.harmless.path={hh / 'harmless-base' / 'test.jsonl.gz'}",
+        f"data.sources.helpful.path={hh / 'helpful-base' / 'test.jsonl.gz'}",
+        f"scorers.reward.train_backbone={model}", f"scorers.cost.train_backbone={model}",
+        "scorers.reward.train_steps=2", "scorers.cost.train_steps=2"])
+    built: dict[str, list[str]] = {"engines": [], "scorers": []}
+    real_generator, real_scorer = engines.build_generator, scorers.build_scorer
+    monkeypatch.setattr(engines, "build_generator",
+                        lambda path, *a, **k: built["engines"].append(path) or real_generator(path, *a, **k))
+    monkeypatch.setattr(scorers, "build_scorer",
+                        lambda config, path=None: built["scorers"].append(config.name) or real_scorer(config, path))
+    Pipeline(cfg, console=Console(stderr=True, quiet=True), progress=False).execute()
+    run = tmp_path / "ci-hh-tiny"
+    assert built["engines"] == [str(model)]  # reference, dpo-seed0 and bdpo-seed0 through one engine
+    assert sorted(built["scorers"]) == ["cost", "reward"]  # each scores all three units' completions
+    for unit in ("dpo-seed0", "bdpo-seed0"):
+        assert (run / "checkpoints" / unit / "adapter_model.safetensors").exists()
+        assert not (run / "checkpoints" / unit / "model.safetensors").exists()
+        for scorer in ("reward", "cost"):
+            assert (run / "scores" / f"{unit}.{scorer}.jsonl").exists()
+    assert list((run / "cache").glob("merged-*")) == []  # temporary merges removed
+    # The adapters moved the policies away from the reference.
+    responses = {u: [json.loads(l)["response"] for l in (run / "generations" / f"{u}.jsonl").read_text().splitlines()]
+                 for u in ("reference", "dpo-seed0")}
+    assert responses["reference"] != responses["dpo-seed0"]
