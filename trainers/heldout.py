@@ -30,7 +30,7 @@ from harness.models import load_kwargs
 from harness.records import PreferencePair
 from trainers.logprobs import tokenize_pairs
 from trainers.reference import pair_logps, reference_logps
-from trainers.trainer import RECORD, _dtype, _load_tokenizer, _local_model_dir, _pad_id
+from trainers.trainer import RECORD, _load_tokenizer, _local_model_dir, _pad_id, _precision
 
 
 def heldout_rows(model_cfg: ModelConfig, train_cfg: TrainConfig, policy_dir: Path, pairs: list[PreferencePair],
@@ -44,7 +44,7 @@ def heldout_rows(model_cfg: ModelConfig, train_cfg: TrainConfig, policy_dir: Pat
     tokenizer = _load_tokenizer(model_dir, model_cfg)
     tokenized, _ = tokenize_pairs(pairs, tokenizer, use_chat_template=model_cfg.use_chat_template,
                                   max_length=train_cfg.max_length, max_prompt_length=train_cfg.max_prompt_length)
-    dtype = _dtype(model_cfg)
+    dtype, _ = _precision(model_cfg)  # the weights' precision, as the trainer's reference pass uses
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     autocast = torch.bfloat16 if dtype == torch.bfloat16 else None
     from_pretrained = {"dtype": dtype, **load_kwargs(model_cfg.trust_remote_code, model_cfg.allow_pickle_weights)}
