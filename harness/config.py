@@ -63,10 +63,21 @@ class DataSourceConfig:
     max_pairs: Optional[int] = None
     # Loader-specific options (e.g. `pair_by: safer` for PKU-SafeRLHF).
     options: dict[str, Any] = field(default_factory=dict)
+    # Column renames applied to every row before the format reads it, {column in the file: field of
+    # the format}, e.g. {question: prompt} for Intel/orca_dpo_pairs. Empty: the file's own names.
+    columns: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.max_pairs is not None and self.max_pairs <= 0:
             raise ValueError("max_pairs: must be positive or null")
+        for column, target in self.columns.items():
+            if not (isinstance(column, str) and isinstance(target, str) and column and target):
+                raise ValueError(f"columns: expected column name: field name (two non-empty strings), "
+                                 f"got {column!r}: {target!r}")
+        targets = list(self.columns.values())
+        twice = sorted({t for t in targets if targets.count(t) > 1})
+        if twice:
+            raise ValueError(f"columns: more than one column maps to {twice}; map one column to each field")
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,8 @@ with `margin = beta * ((chosen_logp - ref_chosen_logp) - (rejected_logp - ref_re
 `correct` 1 when margin > 0, 1/2 when it is 0, else 0. The untrained reference has margin 0 on every
 pair (accuracy 1/2 by this rule), so it needs no row file. The reference log-probs come from the
 same cache as training's (trainers/reference.py): the reference a unit was trained against (the
-base model, or its warmed-up reference) is read from the unit's train_record.json.
+base model, or its warmed-up reference) is read from the unit's train_record.json; a unit whose
+loss uses no reference (SimPO) is measured against the base model it started from.
 """
 
 from __future__ import annotations
@@ -44,14 +45,16 @@ def heldout_rows(model_cfg: ModelConfig, train_cfg: TrainConfig, policy_dir: Pat
     tokenizer = _load_tokenizer(model_dir, model_cfg)
     tokenized, _ = tokenize_pairs(pairs, tokenizer, use_chat_template=model_cfg.use_chat_template,
                                   max_length=train_cfg.max_length, max_prompt_length=train_cfg.max_prompt_length)
-    dtype, _ = _precision(model_cfg)  # the weights' precision, as the trainer's reference pass uses
+    # The precisions training used: the reference in the weights' dtype (training's cache), the
+    # policy under the training autocast.
+    dtype, autocast = _precision(model_cfg)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    autocast = torch.bfloat16 if dtype == torch.bfloat16 else None
     from_pretrained = {"dtype": dtype, **load_kwargs(model_cfg.trust_remote_code, model_cfg.allow_pickle_weights)}
-    ref_dir = read_json(Path(policy_dir) / RECORD)["reference"]["path"]
+    # A loss without a reference (SimPO) is measured against the base model it started from.
+    ref_dir = read_json(Path(policy_dir) / RECORD)["reference"]["path"] or model_dir
     ref = reference_logps(ref_dir, tokenized, cache_dir=cache_dir, pad_token_id=_pad_id(tokenizer),
                           batch_size=train_cfg.batch_size, load_kwargs=from_pretrained, device=device,
-                          autocast_dtype=autocast, progress=progress)
+                          autocast_dtype=torch.bfloat16 if dtype == torch.bfloat16 else None, progress=progress)
     model = AutoModelForCausalLM.from_pretrained(str(policy_dir), **from_pretrained).to(device)
     chosen, rejected = pair_logps(model, tokenized, _pad_id(tokenizer), train_cfg.batch_size, autocast, progress,
                                   desc="held-out log-probs")
