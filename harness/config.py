@@ -112,6 +112,9 @@ class LoraConfig:
     dropout: float = 0.0
     # Module names to adapt; the Llama attention and MLP projections by default.
     target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    # A LoRA unit is saved as its adapter (peft format, a few MB). true: also keep the merged model
+    # (base + adapter, the base's size) in checkpoints/<unit>/merged/ for tools that need one folder.
+    save_merged: bool = False
 
 
 @dataclass(frozen=True)
@@ -193,6 +196,10 @@ class GenerateConfig:
     max_prompt_tokens: Optional[int] = None
     # GPUs one vLLM engine spreads a model over (vLLM only; the transformers generator needs 1).
     tensor_parallel_size: int = 1
+    # How a run's policies share one engine per base model (evaluators/engines.py, `bdpo ls`):
+    # reload (each unit's weights loaded into the running engine), adapter (LoRA units served as
+    # vLLM adapters), restart (a new engine per unit); auto = the one measured fastest here.
+    engine_reuse: str = "auto"
     # Answer only the first N held-out prompts (the split's seeded random order; null: all). The
     # pairs of all held-out prompts still measure the trained scorers' accuracy.
     max_prompts: Optional[int] = None
@@ -657,7 +664,7 @@ def check_kwargs(fn: Any, kwargs: dict[str, Any], where: str) -> None:
 
 def check_names(cfg: RunConfig) -> None:
     """Every registered name in the config exists; every loss's parameters fit its signature."""
-    from harness.registries import DATA_FORMATS, GENERATORS, LOSSES, SCORERS
+    from harness.registries import DATA_FORMATS, ENGINE_REUSE, GENERATORS, LOSSES, SCORERS
 
     def known(registry: Any, name: str, key: str) -> Any:
         try:
@@ -677,6 +684,8 @@ def check_names(cfg: RunConfig) -> None:
         variant_train_config(cfg, v)
     if cfg.generate.generator != "auto":
         known(GENERATORS, cfg.generate.generator, "generate.generator")
+    if cfg.generate.engine_reuse != "auto":
+        known(ENGINE_REUSE, cfg.generate.engine_reuse, "generate.engine_reuse")
     for s in cfg.scorers:
         known(SCORERS, s.type, f"scorers.{s.name}.type")
     if cfg.variants and cfg.report.baseline not in [v.name for v in cfg.variants]:

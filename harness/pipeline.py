@@ -34,6 +34,8 @@ from harness.rundir import RunDir, RunLock
 
 REFERENCE = "reference"
 TRAINED_SCORER = "train:"
+# The held resource of the generation stages: the engine pool (evaluators/engines.py).
+ENGINES = "engines"
 
 
 @dataclass
@@ -44,6 +46,9 @@ class Stage:
     action: Callable[[], None]
     # Folders of partial work the stage resumes from; cleared when they came from other inputs.
     workdirs: list[str] = field(default_factory=list)
+    # Names of the run-wide resources (a generation engine, a scorer model) the action uses: the
+    # pipeline keeps each loaded until no remaining stage uses it.
+    uses: tuple[str, ...] = ()
     fingerprint: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -133,6 +138,8 @@ class Pipeline:
         self.versions = package_versions()
         self._model_path: str | None = None
         self._model_hash: str | None = None
+        # Engines and scorer models shared by the stages of this run (see `held`).
+        self._held: dict[str, Any] = {}
 
     # ---------------------------------------------------------------- inputs shared by stages
     def model_path(self) -> str:
@@ -203,12 +210,12 @@ class Pipeline:
 
         # Settings that change only speed, not output, stay out of the fingerprint.
         gen = {k: v for k, v in to_dict(cfg.generate).items()
-               if k not in ("generator", "batch_size", "tensor_parallel_size")}
+               if k not in ("generator", "batch_size", "tensor_parallel_size", "engine_reuse")}
         gen_fp = {}
         for name, pfp in policy_fp.items():
             st = Stage(f"generate/{name}", {"policy": pfp, "generate": gen, "data": data_stage.fingerprint,
                                             "use_chat_template": cfg.model.use_chat_template, "versions": self.versions},
-                       [f"generations/{name}.jsonl"], lambda name=name: self.generate(name))
+                       [f"generations/{name}.jsonl"], lambda name=name: self.generate(name), uses=(ENGINES,))
             stages.append(st)
             gen_fp[name] = st.fingerprint
 
@@ -217,7 +224,8 @@ class Pipeline:
             for s in cfg.scorers:
                 st = Stage(f"score/{name}.{s.name}", {"generations": gfp, "scorer": scorer_fp[s.name],
                                                       "config": to_dict(s), "versions": self.versions},
-                           [f"scores/{name}.{s.name}.jsonl"], lambda name=name, s=s: self.score(name, s))
+                           [f"scores/{name}.{s.name}.jsonl"], lambda name=name, s=s: self.score(name, s),
+                           uses=(f"scorer:{s.name}",))
                 stages.append(st)
                 score_fps[st.name] = st.fingerprint
 
@@ -242,15 +250,39 @@ class Pipeline:
             self.write_config_and_manifest()
             todo = [s for s, fresh in status if not fresh]
             done: list[tuple[str, str]] = [(s.name, "cached") for s, fresh in status if fresh]
-            for i, stage in enumerate(todo, start=1):
-                self.console.rule(f"[bold]stage {i}/{len(todo)}[/]: {stage.name}")
-                start = time.monotonic()
-                self.run.begin(stage.name, stage.fingerprint, stage.workdirs)
-                stage.action()
-                self.run.record(stage.name, stage.fingerprint, stage.inputs, stage.outputs)
-                self.console.print(f"[green]done[/] {stage.name} in {time.monotonic() - start:.1f} s")
-                done.append((stage.name, "ran"))
+            try:
+                for i, stage in enumerate(todo, start=1):
+                    self.console.rule(f"[bold]stage {i}/{len(todo)}[/]: {stage.name}")
+                    start = time.monotonic()
+                    self.run.begin(stage.name, stage.fingerprint, stage.workdirs)
+                    stage.action()
+                    self.run.record(stage.name, stage.fingerprint, stage.inputs, stage.outputs)
+                    # Free what no later stage uses (an engine's memory and core, before scoring).
+                    self.release(keep={r for later in todo[i:] for r in later.uses})
+                    self.console.print(f"[green]done[/] {stage.name} in {time.monotonic() - start:.1f} s")
+                    done.append((stage.name, "ran"))
+            finally:
+                self.release()
         return done
+
+    def held(self, key: str, build: Callable[[], Any]) -> Any:
+        """The run-wide resource `key` (built on first use), kept until `release`."""
+        if key not in self._held:
+            self._held[key] = build()
+        return self._held[key]
+
+    def release(self, keep: Collection[str] = ()) -> None:
+        """Close (engines) or drop (scorers) every held resource not in `keep`."""
+        import gc
+
+        dropped = [k for k in self._held if k not in keep]
+        for key in dropped:
+            resource = self._held.pop(key)
+            close = getattr(resource, "close", None)
+            if close is not None:
+                close()
+        if dropped:
+            gc.collect()
 
     def write_config_and_manifest(self) -> None:
         cfg = self.cfg
@@ -339,20 +371,23 @@ class Pipeline:
         atomic_write_jsonl(self.run.path("heldout", f"{u.name}.jsonl"), rows)
 
     def policy_path(self, name: str) -> str:
+        """The unit's folder (a LoRA adapter or a full checkpoint), or the base model for the reference."""
         return self.model_path() if name == REFERENCE else str(self.run.path("checkpoints", name))
 
     def generate(self, name: str) -> None:
+        from evaluators.engines import Policy, engine_pool
         from evaluators.generation_cache import generate_to_file
-        from evaluators.generators import build_generator, context_length
+        from evaluators.generators import context_length
 
-        generator = build_generator(self.policy_path(name), self.cfg.model, self.cfg.generate, console=self.console)
-        try:
-            prompts = self.fitted_prompts(generator.tokenizer, context_length(generator.config))
-            generate_to_file(generator, prompts, self.run.path("generations", f"{name}.jsonl"),
-                             self.cfg.generate, use_chat_template=self.cfg.model.use_chat_template,
-                             progress=self.progress)
-        finally:
-            generator.close()
+        # One engine per base model for all of the run's generation stages; this unit's weights go into it.
+        pool = self.held(ENGINES, lambda: engine_pool(self.cfg.model, self.cfg.generate, console=self.console,
+                                                      scratch=self.run.path("cache")))
+        policy = Policy(self.policy_path(name), base=self.model_path())
+        generator = pool.generator(policy)
+        prompts = self.fitted_prompts(generator.tokenizer, context_length(generator.config))
+        generate_to_file(generator, prompts, self.run.path("generations", f"{name}.jsonl"),
+                         self.cfg.generate, use_chat_template=self.cfg.model.use_chat_template,
+                         progress=self.progress, model_sha=policy.content_hash())
 
     def fitted_prompts(self, tokenizer: Any, context: int | None) -> list[PromptRecord]:
         """Evaluation prompts shortened to the generation budget (earliest turns dropped first)."""
@@ -380,7 +415,8 @@ class Pipeline:
         prompts = {p.prompt_id: p.prompt for p in self.prompts()}
         gens_path = self.run.path("generations", f"{name}.jsonl")
         lines, rows = zip(*iter_jsonl(gens_path))
-        scorer = build_scorer(s, self.scorer_path(s))
+        # Loaded once per run and kept for every unit's score stage of this scorer.
+        scorer = self.held(f"scorer:{s.name}", lambda: build_scorer(s, self.scorer_path(s)))
         try:
             values = scorer.score([prompts[r["prompt_id"]] for r in rows], [r["response"] for r in rows])
         except ScoreError as e:  # name the generation the bad score belongs to

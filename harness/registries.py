@@ -15,4 +15,7 @@ GENERATORS: Registry[Any] = Registry("generator", populated_by=("evaluators.gene
 # Scorers: (prompt, response) pairs in, one float each out (evaluators/scorers.py).
 SCORERS: Registry[Any] = Registry("scorer", populated_by=("evaluators.scorers",))
 
-ALL = (LOSSES, DATA_FORMATS, GENERATORS, SCORERS)
+# How a run's policies share one generation engine per base model (evaluators/engines.py).
+ENGINE_REUSE: Registry[Any] = Registry("engine reuse strategy", populated_by=("evaluators.engines",))
+
+ALL = (LOSSES, DATA_FORMATS, GENERATORS, SCORERS, ENGINE_REUSE)

@@ -143,6 +143,18 @@ def test_paper_scale_counts_padding_units_and_references():
     assert hours["generation"] == pytest.approx(13 * 1000 * 256 / 1000 / 3600)
 
 
+def test_throughput_generation_worker_runs_every_policy_through_one_pool(tiny_llama: str, tmp_path: Path) -> None:
+    from bench.throughput import agreement, generate_units, make_units, projected_wall
+
+    units = make_units(tiny_llama, 1, str(tmp_path))
+    runs = {s: generate_units(s, tiny_llama, units, prompts=2, max_new_tokens=3, generator="transformers")
+            for s in ("restart", "reload")}
+    assert list(runs["reload"]["units"]) == ["reference", "unit0"]
+    assert 0 < runs["reload"]["tokens"] <= 2 * 2 * 3
+    assert agreement(runs["reload"], runs["restart"]) == 1.0  # the same merged weights
+    assert projected_wall(runs["reload"], 22) > runs["reload"]["units"]["reference"]["ready_s"]
+
+
 def test_training_throughput_workers_time_both_paths_and_count_useful_flops(tiny_llama: str) -> None:
     import torch
     from transformers import AutoModelForCausalLM

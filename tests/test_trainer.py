@@ -19,6 +19,7 @@ from harness.config import DataSourceConfig, LoraConfig, ModelConfig, TrainConfi
 from harness.data import load_source
 from harness.errors import UserError
 from harness.io import read_jsonl
+from harness.models import MERGED, is_adapter, merge_adapter
 from harness.registries import LOSSES
 from tests.conftest import shared_path
 from trainers.logprobs import collate, sequence_logps, tokenize_pairs
@@ -95,7 +96,7 @@ def test_tensorboard_events_hold_the_train_log(model_cfg, pairs, cache_dir, tmp_
         assert [e.value for e in scalars] == pytest.approx([r[name] for r in rows], rel=1e-6), name
 
 
-def test_checkpoint_reloads_with_the_same_logps_and_lora_is_merged(model_cfg, pairs, cache_dir, tmp_path):
+def test_lora_unit_is_saved_as_an_adapter_and_merges_to_the_trained_weights(model_cfg, pairs, cache_dir, tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(model_cfg.path)
     tokenized, _ = tokenize_pairs(pairs, tokenizer, use_chat_template=True, max_length=MAX_LENGTH,
                                   max_prompt_length=MAX_PROMPT)
@@ -108,22 +109,39 @@ def test_checkpoint_reloads_with_the_same_logps_and_lora_is_merged(model_cfg, pa
             with torch.no_grad():
                 seen["logps"] = sequence_logps(model, **batch)[0]
 
-    cfg = train_cfg(max_steps=3, learning_rate=1e-2, lora=LoraConfig(enabled=True, r=4, alpha=8))
+    cfg = train_cfg(max_steps=3, learning_rate=1e-2, lora=LoraConfig(enabled=True, r=4, alpha=8, save_merged=True))
     out = tmp_path / "lora"
     train_policy(model_cfg, cfg, VariantConfig(), pairs, out, seed=0, cache_dir=cache_dir, progress=False,
                  callbacks=[InMemory()])
-    reloaded = AutoModelForCausalLM.from_pretrained(out).eval()
+    # The unit itself is the adapter only: LoRA weights, no copy of the base model.
+    assert is_adapter(out) and not (out / "model.safetensors").exists()
+    adapter = load_file(str(out / "adapter_model.safetensors"))
+    assert adapter and all("lora_" in k for k in adapter)
+    assert not (out / "training_args.bin").exists()
+    # merged/ (train.lora.save_merged) is a plain Llama with the trained weights...
+    merged = out / MERGED
+    reloaded = AutoModelForCausalLM.from_pretrained(merged).eval()
     assert type(reloaded).__name__ == "LlamaForCausalLM"
-    assert not any("lora" in k for k in weights(out))
-    assert not (out / "training_args.bin").exists() and not (out / "adapter_config.json").exists()
+    assert not any("lora" in k for k in weights(merged))
     with torch.no_grad():
         again = sequence_logps(reloaded, **batch)[0]
         base = sequence_logps(AutoModelForCausalLM.from_pretrained(model_cfg.path).eval(), **batch)[0]
     assert torch.allclose(again, seen["logps"], rtol=1e-5, atol=1e-4)
     assert not torch.allclose(again, base, atol=1e-2)  # the adapter did change the model
+    # ...and merging the saved adapter into the base later gives exactly those weights.
+    remerged = weights(merge_adapter(model_cfg.path, out, tmp_path / "remerged"))
+    assert remerged.keys() == weights(merged).keys()
+    assert all(torch.equal(remerged[k], w) for k, w in weights(merged).items())
     record = json.loads((out / "train_record.json").read_text())
-    assert record["complete"] and record["lora_merged"] and record["step"] == 3
+    assert record["complete"] and record["weights"] == "lora-adapter+merged" and record["step"] == 3
     assert record["tokenization"]["max_length"] == MAX_LENGTH and "torch" in record["environment"]["versions"]
+
+
+def test_lora_without_save_merged_keeps_no_merged_copy(model_cfg, pairs, cache_dir, tmp_path):
+    cfg = train_cfg(max_steps=1, lora=LoraConfig(enabled=True, r=4, alpha=8))
+    train_policy(model_cfg, cfg, VariantConfig(), pairs, tmp_path / "lora", seed=0, cache_dir=cache_dir, progress=False)
+    assert is_adapter(tmp_path / "lora") and not (tmp_path / "lora" / MERGED).exists()
+    assert json.loads((tmp_path / "lora" / "train_record.json").read_text())["weights"] == "lora-adapter"
 
 
 class Crash(RuntimeError):

@@ -8,8 +8,11 @@ scheduler, RNG, data order); `PreferenceTrainer` only replaces the loss, adds th
 guards against non-finite numbers.
 
 Output directory:
-    model.safetensors, config.json, tokenizer files   the policy (LoRA merged), loadable by
+    model.safetensors, config.json, tokenizer files   full fine-tuning: the policy, loadable by
                                                        transformers and vLLM
+    adapter_model.safetensors, adapter_config.json     LoRA: the adapter only (peft format, a few MB);
+                                                       generation merges or serves it on the base model
+    merged/               LoRA with train.lora.save_merged: base + adapter as one plain folder
     train_log.jsonl       one row per logged step (harness.records.TRAIN_LOG_FIELDS, TRL's names)
     tensorboard/          the same steps as TensorBoard events (tag train/<name>)
     train_fingerprint.json  what this directory is being trained from (checked on resume)
@@ -35,10 +38,10 @@ from transformers import (
 )
 from transformers.integrations import TensorBoardCallback
 
-from harness.config import ModelConfig, TrainConfig, VariantConfig, check_kwargs, to_dict
+from harness.config import LoraConfig, ModelConfig, TrainConfig, VariantConfig, check_kwargs, to_dict
 from harness.errors import UserError
 from harness.io import atomic_write_json, atomic_write_jsonl, read_json, sha256_json
-from harness.models import check_weights_safe, load_kwargs, model_hash, resolve_model_path
+from harness.models import MERGED, check_weights_safe, load_kwargs, model_hash, resolve_model_path
 from harness.progress import progress_bar
 from harness.provenance import environment, timestamp
 from harness.records import TRAIN_LOG_FIELDS, PreferencePair
@@ -467,6 +470,13 @@ def _check_output_dir(output_dir: Path, fingerprint: dict[str, Any]) -> dict[str
     return None
 
 
+def _weights_kind(lora: LoraConfig) -> str:
+    """What the output directory holds (train_record.json `weights`)."""
+    if not lora.enabled:
+        return "full"
+    return "lora-adapter+merged" if lora.save_merged else "lora-adapter"
+
+
 def _final_metrics(trainer: Trainer, train_output: Any) -> dict[str, float]:
     """The last logged row's TRL metrics, plus the run's mean loss and runtime."""
     rows = [r for r in trainer.state.log_history if "loss" in r]
@@ -479,15 +489,20 @@ def _final_metrics(trainer: Trainer, train_output: Any) -> dict[str, float]:
     return metrics
 
 
-def _save_final(trainer: PreferenceTrainer, output_dir: Path, lora: bool) -> None:
-    """The policy as a plain Hugging Face folder (LoRA merged into the weights), safetensors only."""
+def _save_final(trainer: PreferenceTrainer, output_dir: Path, lora: LoraConfig) -> None:
+    """The policy, safetensors only: a LoRA unit as its adapter (peft format, a few MB; plus the merged
+    model in merged/ when `lora.save_merged`), full fine-tuning as a plain Hugging Face folder."""
     trainer.check_finite_weights("at the end of training")
-    if lora:
+    if lora.enabled:
         trainer.accelerator.wait_for_everyone()
         if trainer.is_world_process_zero():
-            merged = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
-            merged.save_pretrained(output_dir, safe_serialization=True)
+            model = trainer.accelerator.unwrap_model(trainer.model)
+            model.save_pretrained(output_dir, safe_serialization=True)
             trainer.processing_class.save_pretrained(output_dir)
+            if lora.save_merged:
+                # After the adapter is written: merging folds the adapter into the base weights in place.
+                model.merge_and_unload().save_pretrained(output_dir / MERGED, safe_serialization=True)
+                trainer.processing_class.save_pretrained(output_dir / MERGED)
     else:
         trainer.save_model(str(output_dir))
     if trainer.is_world_process_zero():
@@ -555,10 +570,13 @@ def train_policy(model_cfg: ModelConfig, train_cfg: TrainConfig, variant: Varian
     uses_reference = LOSSES.get(variant.loss).uses_reference
     ref_dir = model_dir
     if uses_reference and train_cfg.reference_warmup_steps:
-        ref_dir = str(warmup_dir(cache_dir, base_hash, tokens_hash, train_cfg, seed))
-        log.info("reference: base model warmed up by %d DPO steps in %s", train_cfg.reference_warmup_steps, ref_dir)
-        train_policy(model_cfg, warmup_train_config(train_cfg), WARMUP_VARIANT, pairs, Path(ref_dir), seed,
-                     cache_dir, progress)
+        warm_dir = warmup_dir(cache_dir, base_hash, tokens_hash, train_cfg, seed)
+        warm_cfg = warmup_train_config(train_cfg)
+        if warm_cfg.lora.enabled:  # the reference is read as one plain model folder: keep the merged copy
+            warm_cfg = dataclasses.replace(warm_cfg, lora=dataclasses.replace(warm_cfg.lora, save_merged=True))
+        log.info("reference: base model warmed up by %d DPO steps in %s", train_cfg.reference_warmup_steps, warm_dir)
+        train_policy(model_cfg, warm_cfg, WARMUP_VARIANT, pairs, warm_dir, seed, cache_dir, progress)
+        ref_dir = str(warm_dir / MERGED if warm_cfg.lora.enabled else warm_dir)
     from_pretrained = {"dtype": dtype, **load_kwargs(model_cfg.trust_remote_code, model_cfg.allow_pickle_weights)}
     args = _training_args(train_cfg, output_dir, seed, autocast or dtype, progress)
     if uses_reference:
@@ -595,7 +613,7 @@ def train_policy(model_cfg: ModelConfig, train_cfg: TrainConfig, variant: Varian
         train_output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     finally:  # an error (a NaN guard, Ctrl-C) must not leave the bar drawing over the message
         bar.close()
-    _save_final(trainer, output_dir, train_cfg.lora.enabled)
+    _save_final(trainer, output_dir, train_cfg.lora)
 
     metrics = _final_metrics(trainer, train_output)
     if trainer.is_world_process_zero():
@@ -616,7 +634,7 @@ def train_policy(model_cfg: ModelConfig, train_cfg: TrainConfig, variant: Varian
                           "warmup_steps": train_cfg.reference_warmup_steps if uses_reference else 0, "cache_key": ref.key,
                           "cache_hit": ref.cache_hit},
             "resumed_from": str(resume) if resume else None,
-            "lora_merged": train_cfg.lora.enabled,
+            "weights": _weights_kind(train_cfg.lora),
             "final_metrics": metrics,
             "environment": environment(),
             "world_size": trainer.accelerator.num_processes,

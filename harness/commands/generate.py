@@ -102,7 +102,7 @@ def generate_file(args: argparse.Namespace, cfg: RunConfig, console: Console) ->
     from rich.table import Table
 
     from evaluators.generation_cache import generate_to_file, read_prompt_records
-    from evaluators.generators import build_generator
+    from evaluators.engines import engine_pool, policy_of
     from harness.errors import UserError
     from harness.models import resolve_model_path
 
@@ -114,10 +114,11 @@ def generate_file(args: argparse.Namespace, cfg: RunConfig, console: Console) ->
     prompts = read_prompt_records(args.prompts)
     prompts = prompts[: args.limit] if args.limit else prompts
 
-    model_path = resolve_model_path(cfg.model.path)
-    with build_generator(model_path, cfg.model, cfg.generate, console=console) as generator:
-        stats = generate_to_file(generator, prompts, args.out, cfg.generate, progress=not args.no_progress,
-                                 console=console)
+    # A full model folder, or a trained LoRA unit's adapter folder (its base named in adapter_config.json).
+    policy = policy_of(resolve_model_path(cfg.model.path))
+    with engine_pool(cfg.model, cfg.generate, console=console) as pool:
+        stats = generate_to_file(pool.generator(policy), prompts, args.out, cfg.generate, progress=not args.no_progress,
+                                 console=console, model_sha=policy.content_hash())
     table = Table(title=f"wrote {args.out}", title_justify="left", show_header=False)
     for label, value in (("generator", stats.generator), ("rows", stats.rows_total),
                          ("generated", stats.rows_generated), ("reused from cache", stats.rows_reused),

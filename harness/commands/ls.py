@@ -13,7 +13,7 @@ HELP = "List the registered losses, data formats, generators, scorers and built-
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("kind", nargs="?", choices=["loss", "data", "generator", "scorer", "model"],
+    parser.add_argument("kind", nargs="?", choices=["loss", "data", "generator", "engine-reuse", "scorer", "model"],
                         help="show only this kind")
 
 
@@ -28,11 +28,13 @@ def loss_parameters(fn: object) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from harness.models import BUILTIN_MODELS
-    from harness.registries import DATA_FORMATS, GENERATORS, LOSSES, SCORERS
+    from harness.registries import DATA_FORMATS, ENGINE_REUSE, GENERATORS, LOSSES, SCORERS
     from harness.registry import summary
 
-    kinds = {"loss": LOSSES, "data": DATA_FORMATS, "generator": GENERATORS, "scorer": SCORERS, "model": BUILTIN_MODELS}
-    titles = {"loss": "losses", "data": "data formats", "generator": "generators", "scorer": "scorers",
+    kinds = {"loss": LOSSES, "data": DATA_FORMATS, "generator": GENERATORS,
+             "engine-reuse": ENGINE_REUSE, "scorer": SCORERS, "model": BUILTIN_MODELS}
+    titles = {"loss": "losses", "data": "data formats", "generator": "generators",
+              "engine-reuse": "generation engine reuse (generate.engine_reuse)", "scorer": "scorers",
               "model": "built-in models"}
     console = Console()
     for key, registry in kinds.items():
