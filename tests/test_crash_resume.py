@@ -41,6 +41,7 @@ EXPERIMENT = "tiny"
 # Untrusted text carried by every prompt (and so shown in the report's samples table).
 PAYLOADS = ('<script>alert("pwned")</script>', "</table><h1>injected</h1>", '"><img src=x onerror=alert(1)>')
 UNITS = ("reference", "dpo-seed0", "bdpo-seed0")
+MAX_STEPS = 4  # per trained policy, with a Trainer checkpoint every step
 
 
 def tiny_inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -68,7 +69,7 @@ def tiny_inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "model": {"path": str(model)},
             "data": {"sources": [{"format": "preference", "name": "hh", "path": str(data)}],
                      "split_seed": 0, "scorer_fraction": 0.3, "eval_prompts": 6},
-            "train": {"max_steps": 4, "batch_size": 4, "learning_rate": 1.0e-3, "max_length": 96,
+            "train": {"max_steps": MAX_STEPS, "batch_size": 4, "learning_rate": 1.0e-3, "max_length": 96,
                       "max_prompt_length": 48, "save_every": 1},
             "variants": [{"name": "dpo", "loss": "dpo", "params": {"beta": 0.1}},
                          {"name": "bdpo", "loss": "bdpo", "params": {"beta": 0.1, "clip": 0.3}}],
@@ -191,6 +192,17 @@ def written_since(path: Path, since: float) -> bool:
         return False
 
 
+def anchor_ready(path: Path, since: float) -> bool:
+    """`path` was written in this attempt and, a JSON file (a checkpoint's trainer_state.json, which
+    Trainer writes in place), reads back whole."""
+    if not written_since(path, since):
+        return False
+    try:
+        return path.suffix != ".json" or isinstance(json.loads(path.read_text(encoding="utf-8")), dict)
+    except (OSError, ValueError):
+        return False
+
+
 def partial_rows(run_dir: Path) -> int:
     return sum(len(p.read_text(encoding="utf-8").splitlines()) for p in run_dir.glob("generations/*.partial.jsonl"))
 
@@ -199,11 +211,15 @@ def checkpoints(run_dir: Path) -> list[str]:
     return sorted(str(p.relative_to(run_dir)) for p in run_dir.glob("checkpoints/*/checkpoint-*"))
 
 
-# Kills wanted per stage type: 12 in all. Train and generate kills alternate between two anchors:
-# the stage marker (model loading, tokenising, reference log-probs, saving) and the first file of
-# the work itself (train_log.jsonl: Trainer steps and checkpoints; the side file: generated batches).
+# Kills wanted per stage type: 12 in all. Train and generate kills cycle through anchors: the stage
+# marker (None: model loading, tokenising, reference log-probs, saving), the first file of the work
+# itself (train_log.jsonl: Trainer steps and checkpoints; the side file: generated batches) and, for
+# training, the last step's checkpoint: that kill comes at once, between it and the final save, a
+# window too short for a random delay to hit reliably (resuming there once trained a step too many).
 WANTED = {"scorer": 1, "train": 4, "generate": 3, "score": 2, "report": 2}
-WORK_FILES = {"train": "checkpoints/{}/train_log.jsonl", "generate": "generations/{}.jsonl.partial.jsonl"}
+LAST_CHECKPOINT = f"checkpoints/{{}}/checkpoint-{MAX_STEPS}/trainer_state.json"
+ANCHORS = {"train": (None, "checkpoints/{}/train_log.jsonl", LAST_CHECKPOINT),
+           "generate": (None, "generations/{}.jsonl.partial.jsonl")}
 
 
 def crash_run(config: Path, cwd: Path, took: dict[str, float], seed: int) -> list[dict]:
@@ -231,10 +247,11 @@ def crash_run(config: Path, cwd: Path, took: dict[str, float], seed: int) -> lis
                     kind = stage.split("/")[0] if stage else None
                     if target is None and kind and wanted.get(kind, 0) > 0:
                         target = stage
-                        use_work_file = kind in WORK_FILES and sum(k["target"].startswith(kind) for k in kills) % 2
-                        anchor = run_dir / WORK_FILES[kind].format(stage.split("/")[1]) if use_work_file else None
-                        delay = rng.uniform(0.05, 0.6) * took[kind]
-                    if target is not None and deadline is None and (anchor is None or written_since(anchor, since)):
+                        anchors = ANCHORS.get(kind, (None,))
+                        pattern = anchors[sum(k["target"].startswith(kind) for k in kills) % len(anchors)]
+                        anchor = run_dir / pattern.format(stage.split("/")[1]) if pattern else None
+                        delay = 0.0 if pattern == LAST_CHECKPOINT else rng.uniform(0.05, 0.6) * took[kind]
+                    if target is not None and deadline is None and (anchor is None or anchor_ready(anchor, since)):
                         deadline = time.time() + delay
                     elif target is not None and deadline is None and stage != target:
                         # The target ended before its work file appeared (an earlier kill had left it
@@ -250,7 +267,7 @@ def crash_run(config: Path, cwd: Path, took: dict[str, float], seed: int) -> lis
                 return kills
             assert proc.returncode == -signal.SIGKILL, log_path.read_text()[-3000:]
             landed = in_flight(stages, since)
-            kills.append({"target": target, "anchor": "work file" if anchor else "marker", "delay": round(delay, 3),
+            kills.append({"target": target, "anchor": anchor.name if anchor else "marker", "delay": round(delay, 3),
                           "landed": landed, "partial_rows": partial_rows(run_dir),
                           "checkpoints": checkpoints(run_dir)})
             if landed and wanted.get(landed.split("/")[0], 0) > 0:
