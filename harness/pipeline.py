@@ -13,7 +13,6 @@ resume inside a stage).
 
 from __future__ import annotations
 
-import inspect
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,13 +21,14 @@ from typing import Any, Callable
 from rich.console import Console
 from rich.table import Table
 
-from harness.config import RunConfig, ScorerConfig, VariantConfig, dump_config, to_dict, variant_train_config
+from harness.config import (
+    RunConfig, ScorerConfig, VariantConfig, dump_config, loss_params, sweep_fields, to_dict, variant_train_config,
+)
 from harness.errors import UserError
 from harness.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, iter_jsonl, read_jsonl, sha256_tree
 from harness.models import check_weights_safe, model_hash, resolve_model_path
 from harness.provenance import GENERATOR_PACKAGES, environment, package_versions, stage_code, timestamp
 from harness.records import PreferencePair, PromptRecord
-from harness.registries import LOSSES
 from harness.rundir import RunDir, RunLock
 
 REFERENCE = "reference"
@@ -60,25 +60,6 @@ class Unit:
 
 def units_of(cfg: RunConfig) -> list[Unit]:
     return [Unit(f"{v.name}-seed{s}", v, s) for v in cfg.variants for s in cfg.variant_seeds(v)]
-
-
-def loss_params(variant: VariantConfig) -> dict[str, Any]:
-    """The variant's loss parameters with the loss's defaults filled in."""
-    sig = inspect.signature(LOSSES.get(variant.loss))
-    defaults = {n: p.default for n, p in sig.parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
-    return {**defaults, **variant.params}
-
-
-def sweep_fields(cfg: RunConfig) -> dict[str, dict[str, Any]]:
-    """Per variant, the loss parameters and training fields whose values differ between variants."""
-    flat = {}
-    for v in cfg.variants:
-        train = to_dict(variant_train_config(cfg, v))
-        flat[v.name] = {"loss": v.loss, **loss_params(v),
-                        **{f"train.{k}": train[k] for k in train if k != "lora"}}
-    keys = sorted({k for d in flat.values() for k in d})
-    varying = [k for k in keys if len({repr(d.get(k)) for d in flat.values()}) > 1]
-    return {name: {k: d[k] for k in varying if k in d} for name, d in flat.items()}
 
 
 def _source_hash(path: str) -> str:
