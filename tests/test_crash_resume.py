@@ -7,7 +7,8 @@ checkpoint every step, 6 evaluation prompts generated 2 per batch (so the genera
 rows to resume from), one trained Bradley-Terry scorer. Kills are aimed with the stage markers: the
 test waits for `stages/<stage>.started` of the targeted stage type to appear in this attempt, then
 kills the whole process group after a delay drawn from a seeded RNG (scaled to how long that stage
-took in the uninterrupted run). After every kill, every file a finished stage recorded must read
+took in the uninterrupted run; a target that ends before its kill, as on a machine busier during the
+uninterrupted run than now, gets it as the next stage starts, and later delays shrink to fit). After every kill, every file a finished stage recorded must read
 back whole. At the end: train_log.jsonl, the weights (tensor by tensor), generations and scores row
 for row, and results.json apart from `timestamps` equal the uninterrupted run's.
 
