@@ -4,7 +4,8 @@
 
 `plan()` turns a RunConfig into a list of stages, each with the fingerprint of everything it reads
 (config fields, data hashes, upstream fingerprints) and of what it runs (the hash of the project
-code it executes and the versions of the packages it depends on: harness.provenance.STAGE_CODE). `execute()` runs the stages
+code it executes and the versions of the packages it depends on: harness.provenance.STAGE_CODE).
+`execute()` runs the stages
 whose fingerprint has no matching record and skips the rest, so a rerun with nothing changed does no
 work, changing one variant redoes only that variant's stages, and a killed run continues where it
 stopped (stages write atomically and record their fingerprint last; training and generation also
