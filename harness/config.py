@@ -63,10 +63,21 @@ class DataSourceConfig:
     max_pairs: Optional[int] = None
     # Loader-specific options (e.g. `pair_by: safer` for PKU-SafeRLHF).
     options: dict[str, Any] = field(default_factory=dict)
+    # Column renames applied to every row before the format reads it, {column in the file: field of
+    # the format}, e.g. {question: prompt} for Intel/orca_dpo_pairs. Empty: the file's own names.
+    columns: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.max_pairs is not None and self.max_pairs <= 0:
             raise ValueError("max_pairs: must be positive or null")
+        for column, target in self.columns.items():
+            if not (isinstance(column, str) and isinstance(target, str) and column and target):
+                raise ValueError(f"columns: expected column name: field name (two non-empty strings), "
+                                 f"got {column!r}: {target!r}")
+        targets = list(self.columns.values())
+        twice = sorted({t for t in targets if targets.count(t) > 1})
+        if twice:
+            raise ValueError(f"columns: more than one column maps to {twice}; map one column to each field")
 
     @property
     def label(self) -> str:
@@ -127,6 +138,9 @@ class TrainConfig:
     # Prompt + response tokens; the prompt is cut from the left to max_prompt_length first.
     max_length: int = 256
     max_prompt_length: int = 128
+    # Batch pairs of similar length (transformers' group_by_length: shuffled, then sorted within
+    # mega-batches of 50 batches), so little of each batch is padding; false = plain shuffled order.
+    group_by_length: bool = True
     # Reference = base model, optionally warmed up by this many DPO steps (the paper uses 300).
     reference_warmup_steps: int = 0
     # Log every N optimiser steps; measure the per-term parameter-gradient norms every N (0 = never).
@@ -242,12 +256,31 @@ class ScorerConfig:
 
 
 @dataclass(frozen=True)
+class PrimaryConfig:
+    """The confirmatory comparison, named before the run: `variant` minus the baseline on `metric`
+    over the prompts of data source `subset` ('all' = every prompt). Everything else is exploratory."""
+
+    variant: str = "bdpo"
+    # `<scorer>.mean`, `<cost scorer>.safe_rate`, `heldout.accuracy` or `heldout.margin`.
+    metric: str = "reward.mean"
+    subset: str = "all"
+
+
+# The held-out implicit-reward metrics every run with trained variants measures (pipeline stage heldout/).
+HELDOUT_METRIC_KEYS = ("heldout.accuracy", "heldout.margin")
+
+
+@dataclass(frozen=True)
 class ReportConfig:
     # The variant every other is compared against.
     baseline: str = "dpo"
+    # Resamples of the crossed bootstrap shown beside the analytic interval of each comparison.
     bootstrap_samples: int = 2000
     confidence: float = 0.95
+    # Seed of that bootstrap.
     seed: int = 0
+    # The pre-registered primary comparison (null: every comparison is exploratory).
+    primary: Optional[PrimaryConfig] = None
 
     def __post_init__(self) -> None:
         if not 0.5 < self.confidence < 1:
@@ -677,6 +710,8 @@ def check_names(cfg: RunConfig) -> None:
         raise ConfigError(
             f"config key 'report.baseline': '{cfg.report.baseline}' is not a variant.{suggest(cfg.report.baseline, names)}"
         )
+    if cfg.report.primary is not None:
+        check_primary(cfg)
     from harness.data import check_options
 
     for src in cfg.data.sources:
@@ -690,6 +725,28 @@ def check_names(cfg: RunConfig) -> None:
             raise ConfigError(f"config key 'variants.{name}': trains what variant '{seen[key]}' trains (loss "
                               f"{variant.loss}, the same parameters and train settings); change or remove one.")
         seen[key] = name
+
+
+def check_primary(cfg: RunConfig) -> None:
+    """report.primary names a trained variant other than the baseline, a metric the run measures and a
+    data source of the run (or 'all')."""
+    from harness.data import source_name
+
+    p = cfg.report.primary
+    assert p is not None
+    names = [v.name for v in cfg.variants if v.name != cfg.report.baseline]
+    if p.variant not in names:
+        raise ConfigError(f"config key 'report.primary.variant': '{p.variant}' is not a variant other than the "
+                          f"baseline.{suggest(p.variant, names)} Variants: {', '.join(names) or '(none)'}.")
+    metrics = [f"{s.name}.mean" for s in cfg.scorers] + [f"{s.name}.safe_rate" for s in cfg.scorers
+                                                         if s.score_type == "cost"] + list(HELDOUT_METRIC_KEYS)
+    if p.metric not in metrics:
+        raise ConfigError(f"config key 'report.primary.metric': '{p.metric}' is not a metric of this run."
+                          f"{suggest(p.metric, metrics)} Known: {', '.join(metrics)}.")
+    subsets = ["all"] + [source_name(s) for s in cfg.data.sources]
+    if p.subset not in subsets:
+        raise ConfigError(f"config key 'report.primary.subset': '{p.subset}' is not a data source name or 'all'."
+                          f"{suggest(p.subset, subsets)} Known: {', '.join(subsets)}.")
 
 
 def loss_params(variant: VariantConfig) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """The pipeline: the only module that knows the order of stages.
 
-    data -> [synthetic] -> scorer training -> train (variant x seed) -> generate -> score -> report
+    data -> [synthetic] -> scorer training -> train (variant x seed) -> heldout -> generate -> score -> report
 
 `plan()` turns a RunConfig into a list of stages, each with the fingerprint of everything it reads
 (config fields, data hashes, upstream fingerprints) and of what it runs (the hash of the project
@@ -145,6 +145,15 @@ class Pipeline:
             stages.append(st)
             policy_fp[u.name] = st.fingerprint
 
+        # The positive control: each trained unit's implicit reward on the eval split's pairs.
+        heldout_fp = {}
+        for u in units_of(cfg):
+            st = Stage(f"heldout/{u.name}", {"policy": policy_fp[u.name], "data": data_stage.fingerprint,
+                                             **self.code("heldout")},
+                       [f"heldout/{u.name}.jsonl"], lambda u=u: self.heldout(u))
+            stages.append(st)
+            heldout_fp[u.name] = st.fingerprint
+
         # Settings that change only speed, not output, stay out of the fingerprint.
         gen = {k: v for k, v in to_dict(cfg.generate).items()
                if k not in ("generator", "batch_size", "tensor_parallel_size")}
@@ -166,6 +175,7 @@ class Pipeline:
                 score_fps[st.name] = st.fingerprint
 
         stages.append(Stage("report", {"scores": score_fps, "train": {k: v for k, v in policy_fp.items()},
+                                       "heldout": heldout_fp,
                                        "report": to_dict(cfg.report), "config": to_dict(cfg), **self.code("report")},
                             ["results.json", "report/index.html"], self.report))
         return stages
@@ -271,6 +281,16 @@ class Pipeline:
         assert u.variant is not None and u.seed is not None
         train_policy(self.cfg.model, variant_train_config(self.cfg, u.variant), u.variant, self.pairs("train_pairs"),
                      self.run.path("checkpoints", u.name), u.seed, self.run.path("cache"), progress=self.progress)
+
+    def heldout(self, u: Unit) -> None:
+        from trainers.heldout import heldout_rows
+
+        assert u.variant is not None
+        rows = heldout_rows(self.cfg.model, variant_train_config(self.cfg, u.variant),
+                            self.run.path("checkpoints", u.name), self.pairs("eval_pairs"),
+                            float(loss_params(u.variant).get("beta", 1.0)), self.run.path("cache"),
+                            progress=self.progress)
+        atomic_write_jsonl(self.run.path("heldout", f"{u.name}.jsonl"), rows)
 
     def policy_path(self, name: str) -> str:
         return self.model_path() if name == REFERENCE else str(self.run.path("checkpoints", name))

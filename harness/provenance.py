@@ -40,6 +40,7 @@ STAGE_CODE: dict[str, StageCode] = {
     "synthetic": StageCode(("trainers.synthetic", "reports.synthetic"), ("torch", "numpy", "scipy", "matplotlib")),
     "scorer": StageCode(("trainers.scorer_training",), ("torch", "transformers", "safetensors", "scipy")),
     "train": StageCode(("trainers.trainer",), ("torch", "transformers", "peft", "accelerate", "safetensors")),
+    "heldout": StageCode(("trainers.heldout",), ("torch", "transformers", "peft", "accelerate", "safetensors")),
     # The engine's packages are added per generator (GENERATOR_PACKAGES).
     "generate": StageCode(("evaluators.generation_cache", "evaluators.generators"), ("torch", "transformers")),
     "score": StageCode(("evaluators.scorers",), ("torch", "transformers", "safetensors", "scipy")),

@@ -8,6 +8,7 @@ Run directory `runs/<experiment>/` (see harness/rundir.py):
     data/train_pairs.jsonl           policy-training pairs              (PreferencePair as dict)
     data/scorer_pairs.jsonl          scorer-training pairs              (PreferencePair as dict)
     checkpoints/<unit>/              Hugging Face folder + train_log.jsonl (TrainLogRecord) + train_record.json
+    heldout/<unit>.jsonl             implicit rewards on data/eval_pairs.jsonl, one row per pair (trainers/heldout.py)
     generations/<unit>.jsonl         GenerationRecord, one per (prompt_id, sample_idx)
     scores/<unit>.<scorer>.jsonl     ScoreRecord, one per (prompt_id, sample_idx)
     results.json                     see reports/ (metrics with CI and n, provenance)

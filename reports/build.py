@@ -21,7 +21,7 @@ from reports.analysis import Settings, analyse, settings_for
 from reports.render import ablations_md, index_html, leaderboard_csv, leaderboard_md
 from reports.rundata import RunData, load_run
 
-RESULTS_SCHEMA_VERSION = 1
+RESULTS_SCHEMA_VERSION = 2
 # Packages whose versions can change the report's numbers (resampling, plotting).
 REPORT_PACKAGES = ("bdpo-harness", "numpy", "scipy", "matplotlib")
 
@@ -62,11 +62,16 @@ def _replace_dir(new: Path, final: Path) -> None:
         shutil.rmtree(old)
 
 
+# The report's files: in a results folder they sit beside the result files they are built from.
+REPORT_FILES = ("results.json", "leaderboard.md", "leaderboard.csv", "ablations.md", "index.html", "plots")
+
+
 def build_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None, *,
                  bootstrap_samples: int | None = None, seed: int | None = None,
                  max_sample_prompts: int = 50) -> Path:
     """Write the report of `run_dir` into `out_dir` (default `<run_dir>/report/`, and then also
-    `<run_dir>/results.json`). Returns the report folder."""
+    `<run_dir>/results.json`; for a results folder, default: the folder itself, replacing only
+    REPORT_FILES). Returns the report folder."""
     run = load_run(run_dir)
     settings = settings_for(run.manifest, bootstrap_samples, seed)
     results = results_json(run, settings)
@@ -75,7 +80,8 @@ def build_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None =
         "frontier": plots.frontier(run, results),
         "distributions": plots.distributions(run),
     }
-    final = Path(out_dir) if out_dir is not None else run.root / "report"
+    in_place = out_dir is None and run.results_folder
+    final = Path(out_dir) if out_dir is not None else run.root / ("report" if not in_place else ".report-new")
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-new-", dir=final.parent))
     umask = os.umask(0)
@@ -96,6 +102,14 @@ def build_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None =
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+    if in_place:
+        for name in REPORT_FILES:
+            if (run.root / name).is_dir():
+                shutil.rmtree(run.root / name)
+            if (final / name).exists():
+                os.replace(final / name, run.root / name)
+        shutil.rmtree(final)
+        return run.root
     if out_dir is None:
         atomic_write_json(run.root / "results.json", results)
     return final

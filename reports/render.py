@@ -49,6 +49,21 @@ def fmt_metric(entry: dict[str, Any] | None) -> str:
     return f"{fmt(entry['value'])} [{fmt(entry['ci_low'])}, {fmt(entry['ci_high'])}]"
 
 
+def fmt_p(p: float | None) -> str:
+    """An analytic p-value: 3 significant digits, small ones in scientific notation."""
+    if p is None:
+        return "—"
+    return f"{p:.3g}" if p >= 1e-3 else f"{p:.2e}"
+
+
+def fmt_seeds(values: list[float] | None) -> str:
+    return "—" if not values else ", ".join(f"{v:+.3f}" for v in values)
+
+
+def fmt_diff(c: dict[str, Any]) -> str:
+    return fmt_metric({"value": c["difference"], "ci_low": c["ci_low"], "ci_high": c["ci_high"]})
+
+
 def _arrow(hib: bool | None) -> str:
     return {True: " ↑", False: " ↓", None: ""}[hib]
 
@@ -82,6 +97,50 @@ def scorer_notes(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def primary_lines(results: dict[str, Any]) -> list[str]:
+    """The pre-registered comparison: what it is and its numbers, or that none was registered."""
+    c = results["primary"]
+    if c is None:
+        return ["No primary comparison was registered (config `report.primary`): every comparison in this report "
+                "is exploratory."]
+    s = results["settings"]
+    verdict = ("significant" if c["p_value"] is not None and c["p_value"] < 1 - s["confidence"] else "not significant")
+    return [f"Primary (pre-registered): {c['variant']} minus {c['against']} on {c['metric']}, prompts of "
+            f"{'every source' if c['subset'] == 'all' else 'source ' + repr(c['subset'])}: "
+            f"{fmt_diff(c)} ({s['confidence']:.0%} CI), p = {fmt_p(c['p_value'])} ({c['test']}; {verdict} at "
+            f"{1 - s['confidence']:.2g}), minimum detectable difference {fmt(c['min_detectable_difference'])}, "
+            f"per-seed differences {fmt_seeds(c['per_seed'])}; n = {c['n']} prompts x {c['n_seeds']} seed(s)."]
+
+
+def positive_control_lines(results: dict[str, Any]) -> list[str]:
+    """Did the baseline move detectably from the reference (pooled prompts)? If not, say what follows."""
+    pc = results["positive_control"]["all"]
+    base, s = results["baseline"], results["settings"]
+    lines = []
+    h = pc["heldout"]
+    if h is not None:
+        lines.append(f"Held-out implicit-reward accuracy of {base} on {h['n']} eval pairs: {fmt(h['accuracy'])} "
+                     f"[{fmt(h['ci_low'])}, {fmt(h['ci_high'])}] against 0.5 for the reference (its implicit reward "
+                     f"is 0), p = {fmt_p(h['p_value'])}; per seed {', '.join(fmt(v) for v in h['per_seed'])}.")
+    else:
+        lines.append("Held-out implicit-reward accuracy was not measured for this run (no heldout/ files).")
+    for e in pc["scorers"]:
+        lines.append(f"{base} minus reference, {e['metric']}: {fmt_diff(e)}, "
+                     f"p = {fmt_p(e['p_value'])}; per seed {fmt_seeds(e['per_seed'])}.")
+    if not pc["measured"]:
+        lines.append("The run has neither held-out implicit rewards nor a reference to compare against: whether "
+                     "training moved the policies is unknown, so differences between variants cannot be read as "
+                     "evidence.")
+    elif pc["moved_on"]:
+        lines.append(f"The baseline moved detectably from the reference on: {', '.join(pc['moved_on'])} "
+                     f"(unadjusted p < {1 - s['confidence']:.2g}).")
+    else:
+        lines.append(f"The baseline did NOT move detectably from the reference on any of these (p >= "
+                     f"{1 - s['confidence']:.2g}): training may not have changed the policies, so differences "
+                     f"between variants cannot be read as evidence.")
+    return lines
+
+
 def leaderboard_md(results: dict[str, Any]) -> str:
     defs = results["metric_definitions"]
     cols = leaderboard_columns(results)
@@ -93,22 +152,80 @@ def leaderboard_md(results: dict[str, Any]) -> str:
                     + [fmt_metric(row["metrics"][k]) for k in cols])
     s = results["settings"]
     text = (f"# Leaderboard: {results['experiment']}\n\n"
+            "## Primary comparison\n\n" + "\n".join(primary_lines(results)) + "\n\n"
+            "## Positive control: did the baseline move from the reference?\n\n"
+            + "\n".join(f"- {line}" for line in positive_control_lines(results)) + "\n\n"
+            f"## Leaderboard\n\n{INTERVALS_NOTE.format(confidence=s['confidence'])}\n\n"
             f"Baseline: {results['baseline']}. {results['n_prompts']} prompts x {results['n_samples_per_prompt']} "
-            f"sample(s). Values: mean [{s['confidence']:.0%} bootstrap CI over seeds then prompts, "
-            f"{s['bootstrap_samples']} resamples]. Ordered by {s['primary_metric']}.\n\n"
+            f"sample(s). Ordered by {s['primary_metric']}.\n\n"
             "Scorers: " + "; ".join(scorer_notes(results)) + ".\n\n")
     text += _md_table(header, rows)
-    text += "\n## Paired comparisons against the baseline\n\n" + _md_table(*_comparison_rows(results))
+    text += "\n### Win, tie and loss shares\n\n" + _md_table(*_win_rows(results))
+    text += "\n### Training diagnostics per seed\n\n" + _md_table(*_per_seed_rows(results))
+    for name, sub in results["subsets"].items():
+        text += (f"\n### Source '{name}' ({sub['n_prompts']} prompts)\n\n"
+                 + _md_table(*_subset_rows(results, sub)))
+    text += ("\n## Paired comparisons\n\n" + COMPARISONS_NOTE.format(confidence=s["confidence"]) + "\n\n"
+             + _md_table(*_comparison_rows(results)))
     return text
 
 
+INTERVALS_NOTE = ("Values: mean [{confidence:.0%} CI]. Scorer metrics: the crossed seeds x prompts interval (the "
+                  "seed-to-seed part at t with seeds - 1 df, the shared prompt part at t with prompts - 1 df; "
+                  "docs/statistics.md). Training diagnostics: one value per seed, "
+                  "t interval over seeds (per-seed values and range below). Win rate: ties count 1/2.")
+COMPARISONS_NOTE = ("Difference = variant minus the comparator (`against`) on the same seeds, prompts and samples, "
+                    "with the crossed {confidence:.0%} CI and its t test (p). p (Holm): the primary comparison is "
+                    "its own family; all other rows are exploratory and Holm-adjusted together. Secondary analytic "
+                    "tests, not adjusted: paired t and Wilcoxon on the seed-averaged per-prompt differences (seeds "
+                    "treated as fixed), exact McNemar on the safe-rate cells (every cell treated as independent). "
+                    "Minimum detectable difference: alpha = 1 - confidence, power 0.8, from the standard error and "
+                    "df of the crossed test (seed variance included). Bootstrap: crossed (seeds, and one prompt "
+                    "sample shared by all seeds), a cross-check.")
+
+
 def _comparison_rows(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    header = ["variant", "metric", "difference [CI]", "p", "p (Holm)", "test", "Wilcoxon p", "min. detectable diff.", "n"]
-    rows = [[c["variant"], c["metric"], fmt_metric({"value": c["difference"], "ci_low": c["ci_low"],
-                                                    "ci_high": c["ci_high"]}),
-             fmt(c["p_value"], 4), fmt(c["p_holm"], 4), c["test"], fmt(c["p_wilcoxon"], 4),
-             fmt(c["min_detectable_difference"]), str(c["n"])] for c in results["comparisons"]]
+    header = ["variant", "against", "subset", "metric", "difference [CI]", "per-seed differences", "p", "p (Holm)",
+              "role", "paired t p", "Wilcoxon p", "McNemar p", "min. detectable diff.", "bootstrap CI", "n x seeds"]
+    rows = [[c["variant"], c["against"], c["subset"], c["metric"], fmt_diff(c), fmt_seeds(c["per_seed"]),
+             fmt_p(c["p_value"]), fmt_p(c["p_holm"]), c["role"], fmt_p(c["p_t_prompts"]), fmt_p(c["p_wilcoxon"]),
+             fmt_p(c["p_mcnemar"]), fmt(c["min_detectable_difference"]),
+             f"[{fmt(c['bootstrap_ci'][0])}, {fmt(c['bootstrap_ci'][1])}]", f"{c['n']} x {c['n_seeds']}"]
+            for c in results["comparisons"]]
     return header, rows
+
+
+def _win_rows(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Strict win, tie and loss shares behind every win rate (win rate = win + tie / 2)."""
+    keys = [k for k in results["metric_definitions"] if ".win_vs_" in k]
+    header = ["variant", "metric", "win rate (ties 1/2)", "strict win", "tie", "loss"]
+    rows = []
+    for row in results["leaderboard"]:
+        for k in keys:
+            e = row["metrics"][k]
+            if e is not None:
+                rows.append([row["variant"], k, fmt_metric(e), fmt(e["win"]), fmt(e["tie"]), fmt(e["loss"])])
+    return header, rows
+
+
+def _per_seed_rows(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    keys = [k for k in results["metric_definitions"] if k.startswith("train.")]
+    header = ["variant", "diagnostic", "per-seed values", "mean [t CI over seeds]", "range [min, max]"]
+    rows = []
+    for row in results["leaderboard"]:
+        for k in keys:
+            e = row["metrics"][k]
+            if e is not None:
+                rows.append([row["variant"], results["metric_definitions"][k]["label"], fmt_seeds(e["per_seed"]),
+                             fmt_metric(e), f"[{fmt(e['min'])}, {fmt(e['max'])}]"])
+    return header, rows
+
+
+def _subset_rows(results: dict[str, Any], sub: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    defs = results["metric_definitions"]
+    cols = [k for k in leaderboard_columns(results) if not k.startswith("train.")]
+    header = ["variant"] + [defs[k]["label"] + _arrow(defs[k]["higher_is_better"]) for k in cols]
+    return header, [[v] + [fmt_metric(m[k]) for k in cols] for v, m in sub["leaderboard"].items()]
 
 
 def leaderboard_csv(results: dict[str, Any]) -> str:
@@ -193,12 +310,18 @@ def _comparisons_html(results: dict[str, Any]) -> str:
     header, rows = _comparison_rows(results)
     body = []
     for c, cells in zip(results["comparisons"], rows):
-        sig = ' class="sig"' if c["p_holm"] < 1 - results["settings"]["confidence"] else ""
-        tds = [f'<td class="l">{esc(x)}</td>' for x in cells[:2]] + [f"<td>{esc(cells[2])}</td>"]
-        tds += [f"<td>{esc(cells[3])}</td>", f"<td{sig}>{esc(cells[4])}</td>", f'<td class="l">{esc(cells[5])}</td>']
-        tds += [f"<td>{esc(x)}</td>" for x in cells[6:]]
+        sig = ' class="sig"' if c["p_holm"] is not None and c["p_holm"] < 1 - results["settings"]["confidence"] else ""
+        tds = [f'<td class="l">{esc(x)}</td>' for x in cells[:4]] + [f"<td>{esc(x)}</td>" for x in cells[4:7]]
+        tds += [f"<td{sig}>{esc(cells[7])}</td>", f'<td class="l">{esc(cells[8])}</td>']
+        tds += [f"<td>{esc(x)}</td>" for x in cells[9:]]
         body.append("<tr>" + "".join(tds) + "</tr>")
-    return _table(header, body, left=2)
+    return _table(header, body, left=4)
+
+
+def _plain_table_html(header: list[str], rows: list[list[str]], left: int = 2) -> str:
+    body = ["<tr>" + "".join(f'<td class="{"l" if i < left else ""}">{esc(x)}</td>' for i, x in enumerate(r)) + "</tr>"
+            for r in rows]
+    return _table(header, body, left=left)
 
 
 def _ablations_html(results: dict[str, Any]) -> str:
@@ -227,6 +350,8 @@ def _img(png: bytes | None, alt: str) -> str:
 
 
 def _samples_html(run: RunData, max_prompts: int) -> str:
+    if run.results_folder:
+        return "<p>This report was rebuilt from a results folder: the completion texts are not part of it.</p>"
     m = run.manifest
     shown = run.prompt_ids[:max_prompts]
     note = (f"<p class=\"meta\">Showing {len(shown)} of {len(run.prompt_ids)} prompts "
@@ -262,16 +387,22 @@ def index_html(run: RunData, results: dict[str, Any], plots: dict[str, bytes | N
     prov = {k: results[k] for k in ("provenance", "data_hashes", "model_hash", "seeds", "inputs", "report_environment")}
     meta = (f"Baseline <b>{esc(results['baseline'])}</b>; reference <b>{esc(results['reference'] or 'none')}</b>; "
             f"{results['n_prompts']} prompts x {results['n_samples_per_prompt']} sample(s); "
-            f"seeds {esc(results['seeds'])}. Intervals: {s['confidence']:.0%} percentile bootstrap "
-            f"({s['bootstrap_samples']} resamples, seed {s['seed']}) over seeds, then prompts. "
-            f"Win rate: P(better on the same prompt and sample), ties count 1/2.<br>Scorers: "
+            f"seeds {esc(results['seeds'])}. {esc(INTERVALS_NOTE.format(confidence=s['confidence']))}<br>Scorers: "
             + "; ".join(esc(line) for line in scorer_notes(results)) + ".")
+    subsets = "".join(f"<h3>Source {esc(name)} ({sub['n_prompts']} prompts)</h3>"
+                      + _plain_table_html(*_subset_rows(results, sub), left=1)
+                      for name, sub in results["subsets"].items())
     sections = [
+        ("Primary comparison", "".join(f"<p>{esc(line)}</p>" for line in primary_lines(results))),
+        ("Positive control: did the baseline move from the reference?",
+         "<ul>" + "".join(f"<li>{esc(line)}</li>" for line in positive_control_lines(results)) + "</ul>"),
         ("Leaderboard", _leaderboard_html(results)),
-        ("Paired comparisons against the baseline",
-         "<p class=\"meta\">Difference = variant minus baseline. Scores: paired bootstrap p-value; safe rate: exact "
-         "McNemar. Bold Holm-adjusted p: significant across all comparisons. Minimum detectable difference: "
-         "at alpha 0.05 with power 0.8, from the per-prompt differences.</p>" + _comparisons_html(results)),
+        ("Win, tie and loss shares", _plain_table_html(*_win_rows(results))),
+        ("Training diagnostics per seed", _plain_table_html(*_per_seed_rows(results))),
+        ("Per data source", subsets or "<p>One data source: the leaderboard above is its table.</p>"),
+        ("Paired comparisons",
+         f"<p class=\"meta\">{esc(COMPARISONS_NOTE.format(confidence=s['confidence']))} Bold p (Holm): below "
+         f"{1 - s['confidence']:.2g} within its family.</p>" + _comparisons_html(results)),
         ("Ablations", _ablations_html(results)),
         ("Reward versus cost", _img(plots.get("frontier"), "reward versus cost frontier")),
         ("Score distributions", _img(plots.get("distributions"), "score distributions")),

@@ -65,7 +65,7 @@ DATA_CASES = {
     "misspelled-field": ("pairs.jsonl", with_row(4, {"prompt": "a", "choosen": "b", "rejected": "c"}), "preference",
                          ["pairs.jsonl:4:", "missing field 'chosen'", "Did you mean 'choosen'?"]),
     "wrong-type": ("pairs.jsonl", with_row(2, {"prompt": "a", "chosen": 42, "rejected": "c"}), "preference",
-                   ["pairs.jsonl:2:", "field 'chosen' must be a string, got int", "Fix that row"]),
+                   ["pairs.jsonl:2:", "field 'chosen' must be a string or a list of messages, got int", "Fix that row"]),
     "empty-prompt": ("pairs.jsonl", with_row(5, {"prompt": "  ", "chosen": "b", "rejected": "c"}), "preference",
                      ["pairs.jsonl:5:", "field 'prompt' is empty", "Remove that row or fill it in"]),
     "empty-response": ("pairs.jsonl", with_row(2, {"prompt": "a", "chosen": "b", "rejected": ""}), "preference",

@@ -61,14 +61,14 @@ def changed(before: dict[str, str], after: dict[str, str]) -> set[str]:
 
 
 def downstream_of_training() -> set[str]:
-    return {f"{kind}/{u}" for u in UNITS for kind in ("train", "generate")} | {
+    return {f"{kind}/{u}" for u in UNITS for kind in ("train", "heldout", "generate")} | {
         f"score/{u}.{s}" for u in UNITS for s in ("reward", "cost")} | {"report"}
 
 
 def test_nothing_changed_changes_no_fingerprint(tmp_path, source_copy):
     cfg = config(tmp_path)
     before = fingerprints(cfg)
-    assert len(before) == 16  # data, synthetic, 2 scorers, 2 trainings, 3 x (generate + 2 scores), report
+    assert len(before) == 18  # data, synthetic, 2 scorers, 2 x (training + held-out), 3 x (generate + 2 scores), report
     assert changed(before, fingerprints(cfg)) == set()
 
 

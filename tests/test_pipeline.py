@@ -69,6 +69,15 @@ def test_every_artifact_exists(run_dir: Path):
     for unit in ("dpo-seed0", "dpo-seed1", "bdpo-seed0", "bdpo-seed1"):
         assert (run_dir / "checkpoints" / unit / "model.safetensors").exists()
         assert (run_dir / "checkpoints" / unit / "train_log.jsonl").exists()
+    # The positive control: every trained unit's implicit rewards on every eval pair, read by the report.
+    eval_ids = [json.loads(line)["id"] for line in (run_dir / "data" / "eval_pairs.jsonl").read_text().splitlines()]
+    for unit in ("dpo-seed0", "dpo-seed1", "bdpo-seed0", "bdpo-seed1"):
+        rows = [json.loads(line) for line in (run_dir / "heldout" / f"{unit}.jsonl").read_text().splitlines()]
+        assert [r["pair_id"] for r in rows] == eval_ids
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["n_heldout_pairs"] == len(eval_ids)
+    assert results["positive_control"]["all"]["heldout"]["n"] == len(eval_ids)
+    assert "Held-out implicit-reward accuracy of dpo" in (run_dir / "report" / "leaderboard.md").read_text()
     n_prompts = len((run_dir / "data" / "prompts.jsonl").read_text().splitlines())
     for unit in ("reference", "dpo-seed0", "bdpo-seed1"):
         assert len((run_dir / "generations" / f"{unit}.jsonl").read_text().splitlines()) == n_prompts
@@ -107,7 +116,7 @@ def test_rerun_does_nothing_and_one_changed_variant_redoes_only_itself(run_dir: 
     assert set(plan(root).values()) == {"cached"}
     changed = plan(root, "variants.bdpo.params.beta=0.2")
     redo = sorted(name for name, status in changed.items() if status == "would run")
-    assert redo == ["generate/bdpo-seed0", "generate/bdpo-seed1", "report",
+    assert redo == ["generate/bdpo-seed0", "generate/bdpo-seed1", "heldout/bdpo-seed0", "heldout/bdpo-seed1", "report",
                     "score/bdpo-seed0.cost", "score/bdpo-seed0.reward",
                     "score/bdpo-seed1.cost", "score/bdpo-seed1.reward",
                     "train/bdpo-seed0", "train/bdpo-seed1"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -69,7 +70,8 @@ def test_a_few_steps_of_each_loss_lower_it_and_raise_reward_accuracy(loss, model
     rows = read_jsonl(tmp_path / "out" / "train_log.jsonl")
     assert [r["step"] for r in rows] == list(range(1, 7))
     first, last = rows[0], rows[-1]
-    assert first["rewards/margins"] == 0.0  # policy == reference at step 1
+    if LOSSES.get(loss).uses_reference:
+        assert first["rewards/margins"] == 0.0  # policy == reference at step 1
     assert last["loss"] < first["loss"]
     assert last["rewards/accuracies"] > first["rewards/accuracies"]
     assert last["rewards/accuracies"] >= 0.75
@@ -154,6 +156,8 @@ def test_resume_after_a_crash_gives_exactly_the_uninterrupted_weights(model_cfg,
     assert [r["step"] for r in log_b] == [1, 2, 3, 4, 5] and log_a == log_b
     record = json.loads((tmp_path / "b" / "train_record.json").read_text())
     assert record["resumed_from"].endswith("checkpoint-3")
+    assert record["padding"]["group_by_length"]  # the default: the resumed order is the grouped one
+    assert record["precision"] == {"weights": "torch.float32", "autocast": "None"}
     # A finished directory is not retrained; one with other settings is refused, not overwritten.
     assert train_policy(model_cfg, cfg, variant, pairs, tmp_path / "b", seed=3, cache_dir=cache_dir,
                         progress=False) == record["final_metrics"]
@@ -284,6 +288,18 @@ def test_training_reuses_the_reference_cache_and_warms_the_reference_up(model_cf
     assert read_jsonl(tmp_path / "warm" / "train_log.jsonl")[0]["rewards/chosen"] != 0.0
 
 
+def test_a_loss_without_reference_skips_the_reference_pass(model_cfg, pairs, tmp_path):
+    cache = tmp_path / "cache"
+    cfg = train_cfg(max_steps=2, reference_warmup_steps=2)  # no warm-up either: there is no reference
+    train_policy(model_cfg, cfg, VariantConfig(name="simpo", loss="simpo"), pairs, tmp_path / "simpo", 0, cache,
+                 progress=False)
+    record = json.loads((tmp_path / "simpo" / "train_record.json").read_text())
+    assert record["reference"]["kind"] == "none" and record["reference"]["path"] is None
+    assert not (cache / "ref-logps").exists() and not (cache / "reference-warmup").exists()
+    rows = read_jsonl(tmp_path / "simpo" / "train_log.jsonl")
+    assert all(math.isfinite(r["loss"]) for r in rows)
+
+
 class Poison(TrainerCallback):
     """Makes a weight NaN at a chosen moment, as a diverged update would."""
 
@@ -379,3 +395,24 @@ variants:
         assert record["step"] == 2 and record["config"]["train"]["learning_rate"] == 1e-3
     assert main(["train", str(config), "--variant", "bdp", "--output-dir", str(out)]) == 2
     assert "Did you mean 'bdpo'" in capsys.readouterr().err
+
+
+def test_length_grouped_order_is_a_seeded_permutation_with_less_padding(model_cfg):
+    from trainers.logprobs import pair_length, padded_share
+    from trainers.trainer import _LengthGroupedSampler, padding_stats
+
+    tokenizer = AutoTokenizer.from_pretrained(model_cfg.path)
+    source = DataSourceConfig(format="hh-rlhf", path=str(shared_path("data", "hh-rlhf")), max_pairs=64,
+                              options={"subsets": ["helpful-base"], "split": "test"})
+    tokenized, _ = tokenize_pairs(load_source(source).pairs, tokenizer, use_chat_template=True, max_length=256,
+                                  max_prompt_length=128)
+    sampler = _LengthGroupedSampler([pair_length(p) for p in tokenized], 4, seed=5)
+    first = list(sampler)
+    assert sorted(first) == list(range(len(tokenized))) and list(sampler) == first  # same order when re-read
+    sampler.set_epoch(1)
+    assert list(sampler) != first  # a new shuffle each epoch
+    stats = padding_stats(tokenized, 4, seed=5)
+    assert stats["padded_share_grouped"] == padded_share(tokenized, first, 4)
+    # 64 pairs in batches of 4: mega-batches of 16 pairs (transformers: at least 4 mega-batches).
+    assert stats["padded_share_grouped"] < 0.8 * stats["padded_share_shuffled"]
+    assert 0 < stats["response_share"] < 1

@@ -17,6 +17,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="show only this kind")
 
 
+def loss_parameters(fn: object) -> str:
+    """'beta=0.1, clip=0.3, ...': a loss's keyword parameters with their defaults, and whether it reads no reference."""
+    import inspect
+
+    params = [f"{n}={p.default}" for n, p in inspect.signature(fn).parameters.items()
+              if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    return ", ".join(params) + ("" if getattr(fn, "uses_reference", True) else "; no reference")
+
+
 def run(args: argparse.Namespace) -> int:
     from harness.models import BUILTIN_MODELS
     from harness.registries import DATA_FORMATS, GENERATORS, LOSSES, SCORERS
@@ -32,7 +41,10 @@ def run(args: argparse.Namespace) -> int:
         table = Table(title=titles[key], title_justify="left")
         table.add_column("name", style="bold")
         table.add_column("description")
+        if key == "loss":
+            table.add_column("parameters (default)")
         for name, obj in registry.items():
-            table.add_row(escape(name), escape(summary(obj)))
+            extra = [escape(loss_parameters(obj))] if key == "loss" else []
+            table.add_row(escape(name), escape(summary(obj)), *extra)
         console.print(table)
     return 0
