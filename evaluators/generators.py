@@ -95,15 +95,6 @@ def context_length(config: Any) -> Optional[int]:
     return getattr(text, "max_position_embeddings", None)
 
 
-def check_settings(settings: GenerateConfig) -> None:
-    """UserError for settings every engine would reject or silently mishandle (beyond GenerateConfig's ranges)."""
-    if settings.n > 1 and settings.temperature == 0:
-        raise UserError(f"generate.n={settings.n} with generate.temperature=0 (greedy) gives {settings.n} "
-                        "identical completions. Set generate.temperature > 0, or generate.n=1.")
-    if any(not s for s in settings.stop):
-        raise UserError("generate.stop: stop strings must not be empty.")
-
-
 class Generator(ABC):
     """Base of every registered generator: loads the tokenizer, checks prompts, frees memory on close().
 
@@ -173,7 +164,6 @@ class Generator(ABC):
 
     def check(self, prompts: Sequence[str], settings: GenerateConfig, labels: Optional[Sequence[str]] = None) -> None:
         """UserError, before anything is generated, for settings or prompts this model cannot serve."""
-        check_settings(settings)
         limit = context_length(self.config)
         if limit is None:
             return
@@ -431,8 +421,7 @@ def pick_generator(requested: str, model_path: str, trust_remote_code: bool = Fa
 def build_generator(model_path: str, model: ModelConfig, settings: GenerateConfig,
                     console: Optional[Any] = None, **options: Any) -> Generator:
     """The generator `settings.generator` names (or the one 'auto' picks, saying why on `console`);
-    `options` go to its constructor (e.g. vLLM's `max_lora_rank`)."""
-    check_settings(settings)  # before a model loads (vLLM takes a minute to start on a CPU)
+    `options` go to its constructor (e.g. vLLM's `max_lora_rank`). Settings were checked at config load."""
     name, why = pick_generator(settings.generator, model_path, model.trust_remote_code)
     if console is not None:
         console.print(f"generator: [bold]{name}[/] ({why})")

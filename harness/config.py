@@ -79,6 +79,11 @@ class DataSourceConfig:
         if twice:
             raise ValueError(f"columns: more than one column maps to {twice}; map one column to each field")
 
+    @property
+    def label(self) -> str:
+        """The source's name in reports, records and `scorers.*.train_sources`."""
+        return self.name or self.format
+
 
 @dataclass(frozen=True)
 class DataConfig:
@@ -96,6 +101,10 @@ class DataConfig:
     def __post_init__(self) -> None:
         if not self.sources:
             raise ValueError("sources: at least one data source is needed")
+        names = [s.label for s in self.sources]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"sources: duplicate source names {dupes}; give each a distinct `name`")
         if not 0.0 <= self.scorer_fraction < 1.0:
             raise ValueError("scorer_fraction: must be in [0, 1)")
         if self.eval_prompts < 1:
@@ -213,6 +222,14 @@ class GenerateConfig:
             raise ValueError("temperature: must be >= 0 (0 = greedy)")
         if not 0 < self.top_p <= 1:
             raise ValueError("top_p: must be in (0, 1]")
+        if self.n > 1 and self.temperature == 0:
+            raise ValueError(f"n: {self.n} with temperature 0 (greedy) gives {self.n} identical completions; "
+                             "set temperature > 0, or n to 1")
+        if any(not s for s in self.stop):
+            raise ValueError("stop: stop strings must not be empty")
+        if self.generator == "transformers" and self.tensor_parallel_size != 1:
+            raise ValueError("tensor_parallel_size: the transformers generator runs on one device; set it to 1 "
+                             "or use generator vllm")
 
 
 @dataclass(frozen=True)
@@ -404,6 +421,15 @@ class RunConfig:
             raise ValueError("scorers: scorer names must be unique")
         if "/" in self.experiment or self.experiment in ("", ".", ".."):
             raise ValueError("experiment: must be a plain name (no '/')")
+        sources = [src.label for src in self.data.sources]
+        for s in self.scorers:
+            if s.path == "train:" and self.data.scorer_fraction == 0:
+                raise ValueError(f"scorers.{s.name}.path: 'train:' trains the scorer on the scorer split, but "
+                                 "data.scorer_fraction is 0; raise it, or give the scorer a model folder")
+            unknown = [name for name in s.train_sources if name not in sources]
+            if unknown:
+                raise ValueError(f"scorers.{s.name}.train_sources: {unknown} are not data sources "
+                                 f"(the sources are {sources})")
         # Checked here, not after hours of training: the report pairs every variant with the baseline by seed.
         base = next((set(self.variant_seeds(v)) for v in self.variants if v.name == self.report.baseline), None)
         lonely = [v.name for v in self.variants if base is not None and not base & set(self.variant_seeds(v))]
@@ -695,6 +721,19 @@ def check_names(cfg: RunConfig) -> None:
         )
     if cfg.report.primary is not None:
         check_primary(cfg)
+    from harness.data import check_options
+
+    for src in cfg.data.sources:
+        check_options(src)
+    # The report's ablation tables tell variants of one loss apart by their swept values.
+    seen: dict[str, str] = {}
+    for name, sweep in sweep_fields(cfg).items():
+        variant = next(v for v in cfg.variants if v.name == name)
+        key = repr((variant.loss, sorted(sweep.items())))
+        if sweep and key in seen:
+            raise ConfigError(f"config key 'variants.{name}': trains what variant '{seen[key]}' trains (loss "
+                              f"{variant.loss}, the same parameters and train settings); change or remove one.")
+        seen[key] = name
 
 
 def check_primary(cfg: RunConfig) -> None:
@@ -717,6 +756,27 @@ def check_primary(cfg: RunConfig) -> None:
     if p.subset not in subsets:
         raise ConfigError(f"config key 'report.primary.subset': '{p.subset}' is not a data source name or 'all'."
                           f"{suggest(p.subset, subsets)} Known: {', '.join(subsets)}.")
+
+
+def loss_params(variant: VariantConfig) -> dict[str, Any]:
+    """The variant's loss parameters with the loss's defaults filled in."""
+    from harness.registries import LOSSES
+
+    sig = inspect.signature(LOSSES.get(variant.loss))
+    defaults = {n: p.default for n, p in sig.parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    return {**defaults, **variant.params}
+
+
+def sweep_fields(cfg: RunConfig) -> dict[str, dict[str, Any]]:
+    """Per variant, the loss parameters and training fields whose values differ between variants."""
+    flat = {}
+    for v in cfg.variants:
+        train = to_dict(variant_train_config(cfg, v))
+        flat[v.name] = {"loss": v.loss, **loss_params(v),
+                        **{f"train.{k}": train[k] for k in train if k != "lora"}}
+    keys = sorted({k for d in flat.values() for k in d})
+    varying = [k for k in keys if len({repr(d.get(k)) for d in flat.values()}) > 1]
+    return {name: {k: d[k] for k in varying if k in d} for name, d in flat.items()}
 
 
 def variant_train_config(cfg: RunConfig, variant: VariantConfig) -> TrainConfig:

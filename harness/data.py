@@ -225,7 +225,7 @@ def source_rows(source: DataSourceConfig) -> Iterator[Row]:
 
 
 def source_name(source: DataSourceConfig) -> str:
-    return source.name or source.format
+    return source.label
 
 
 # --------------------------------------------------------------------------------------------
@@ -750,10 +750,6 @@ def load_source(source: DataSourceConfig) -> LoadResult:
 
 def load_sources(data: DataConfig) -> tuple[list[PreferencePair], list[LoadReport]]:
     """Pairs of every source, in config order, and one report per source."""
-    names = [source_name(s) for s in data.sources]
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise ConfigError(f"config key 'data.sources': duplicate source names {dupes}; give each a distinct `name`.")
     pairs: list[PreferencePair] = []
     reports = []
     for source in data.sources:

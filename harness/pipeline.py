@@ -3,7 +3,9 @@
     data -> [synthetic] -> scorer training -> train (variant x seed) -> heldout -> generate -> score -> report
 
 `plan()` turns a RunConfig into a list of stages, each with the fingerprint of everything it reads
-(config fields, data hashes, upstream fingerprints, package versions). `execute()` runs the stages
+(config fields, data hashes, upstream fingerprints) and of what it runs (the hash of the project
+code it executes and the versions of the packages it depends on: harness.provenance.STAGE_CODE).
+`execute()` runs the stages
 whose fingerprint has no matching record and skips the rest, so a rerun with nothing changed does no
 work, changing one variant redoes only that variant's stages, and a killed run continues where it
 stopped (stages write atomically and record their fingerprint last; training and generation also
@@ -14,7 +16,6 @@ and `bdpo run`'s are the same files under the same records.
 
 from __future__ import annotations
 
-import inspect
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,13 +24,14 @@ from typing import Any, Callable, Collection, Iterator
 from rich.console import Console
 from rich.table import Table
 
-from harness.config import RunConfig, ScorerConfig, VariantConfig, dump_config, to_dict, variant_train_config
+from harness.config import (
+    RunConfig, ScorerConfig, VariantConfig, dump_config, loss_params, sweep_fields, to_dict, variant_train_config,
+)
 from harness.errors import UserError
 from harness.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, iter_jsonl, read_jsonl, sha256_tree
 from harness.models import check_weights_safe, model_hash, resolve_model_path
-from harness.provenance import environment, package_versions, timestamp
+from harness.provenance import GENERATOR_PACKAGES, environment, package_versions, stage_code, timestamp
 from harness.records import PreferencePair, PromptRecord
-from harness.registries import LOSSES
 from harness.rundir import RunDir, RunLock
 
 REFERENCE = "reference"
@@ -66,25 +68,6 @@ class Unit:
 
 def units_of(cfg: RunConfig) -> list[Unit]:
     return [Unit(f"{v.name}-seed{s}", v, s) for v in cfg.variants for s in cfg.variant_seeds(v)]
-
-
-def loss_params(variant: VariantConfig) -> dict[str, Any]:
-    """The variant's loss parameters with the loss's defaults filled in."""
-    sig = inspect.signature(LOSSES.get(variant.loss))
-    defaults = {n: p.default for n, p in sig.parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
-    return {**defaults, **variant.params}
-
-
-def sweep_fields(cfg: RunConfig) -> dict[str, dict[str, Any]]:
-    """Per variant, the loss parameters and training fields whose values differ between variants."""
-    flat = {}
-    for v in cfg.variants:
-        train = to_dict(variant_train_config(cfg, v))
-        flat[v.name] = {"loss": v.loss, **loss_params(v),
-                        **{f"train.{k}": train[k] for k in train if k != "lora"}}
-    keys = sorted({k for d in flat.values() for k in d})
-    varying = [k for k in keys if len({repr(d.get(k)) for d in flat.values()}) > 1]
-    return {name: {k: d[k] for k in varying if k in d} for name, d in flat.items()}
 
 
 def _strings(value: Any) -> Iterator[str]:
@@ -140,6 +123,7 @@ class Pipeline:
         self._model_hash: str | None = None
         # Engines and scorer models shared by the stages of this run (see `held`).
         self._held: dict[str, Any] = {}
+        self._code: dict[str, dict[str, Any]] = {}
 
     # ---------------------------------------------------------------- inputs shared by stages
     def model_path(self) -> str:
@@ -163,16 +147,24 @@ class Pipeline:
         builtin = str(resources.files("harness.builtin_data"))
         return {source_name(s): _source_hash(s.path or builtin) for s in self.cfg.data.sources}
 
+    def code(self, kind: str) -> dict[str, Any]:
+        """The code inputs of a stage kind (harness.provenance.STAGE_CODE): its project code's hash and
+        the versions of the packages it depends on (for generation, with the chosen engine's)."""
+        if kind not in self._code:
+            engine = GENERATOR_PACKAGES.get(self.cfg.generate.generator, ()) if kind == "generate" else ()
+            self._code[kind] = stage_code(kind, self.versions, engine)
+        return self._code[kind]
+
     # ---------------------------------------------------------------- the plan
     def plan(self) -> list[Stage]:
         cfg = self.cfg
         stages: list[Stage] = []
-        data_stage = Stage("data", {"data": to_dict(cfg.data), "hashes": self.data_hashes(), "versions": self.versions},
+        data_stage = Stage("data", {"data": to_dict(cfg.data), "hashes": self.data_hashes(), **self.code("data")},
                            ["data/train_pairs.jsonl", "data/scorer_pairs.jsonl", "data/eval_pairs.jsonl",
                             "data/prompts.jsonl", "data/data_report.json"], self.run_data)
         stages.append(data_stage)
         if cfg.synthetic is not None:
-            stages.append(Stage("synthetic", {"synthetic": to_dict(cfg.synthetic), "versions": self.versions},
+            stages.append(Stage("synthetic", {"synthetic": to_dict(cfg.synthetic), **self.code("synthetic")},
                                 ["synthetic/results.json", "synthetic/table.md"], self.run_synthetic))
         if not cfg.variants:
             return stages
@@ -181,7 +173,7 @@ class Pipeline:
         for s in cfg.scorers:
             if s.path == TRAINED_SCORER:
                 st = Stage(f"scorer/{s.name}", {"scorer": to_dict(s), "data": data_stage.fingerprint,
-                                                "versions": self.versions},
+                                                **self.code("scorer")},
                            [f"scorers/{s.name}/scorer.json"], lambda s=s: self.train_scorer(s))
                 stages.append(st)
                 scorer_fp[s.name] = st.fingerprint
@@ -194,7 +186,7 @@ class Pipeline:
             assert u.variant is not None and u.seed is not None
             st = Stage(f"train/{u.name}", {
                 "model": model, "train": to_dict(variant_train_config(cfg, u.variant)), "loss": u.variant.loss,
-                "params": u.variant.params, "seed": u.seed, "data": data_stage.fingerprint, "versions": self.versions,
+                "params": u.variant.params, "seed": u.seed, "data": data_stage.fingerprint, **self.code("train"),
             }, [f"checkpoints/{u.name}/train_record.json"], lambda u=u: self.train(u), [f"checkpoints/{u.name}"])
             stages.append(st)
             policy_fp[u.name] = st.fingerprint
@@ -203,7 +195,7 @@ class Pipeline:
         heldout_fp = {}
         for u in units_of(cfg):
             st = Stage(f"heldout/{u.name}", {"policy": policy_fp[u.name], "data": data_stage.fingerprint,
-                                             "versions": self.versions},
+                                             **self.code("heldout")},
                        [f"heldout/{u.name}.jsonl"], lambda u=u: self.heldout(u))
             stages.append(st)
             heldout_fp[u.name] = st.fingerprint
@@ -214,7 +206,7 @@ class Pipeline:
         gen_fp = {}
         for name, pfp in policy_fp.items():
             st = Stage(f"generate/{name}", {"policy": pfp, "generate": gen, "data": data_stage.fingerprint,
-                                            "use_chat_template": cfg.model.use_chat_template, "versions": self.versions},
+                                            "use_chat_template": cfg.model.use_chat_template, **self.code("generate")},
                        [f"generations/{name}.jsonl"], lambda name=name: self.generate(name), uses=(ENGINES,))
             stages.append(st)
             gen_fp[name] = st.fingerprint
@@ -223,7 +215,7 @@ class Pipeline:
         for name, gfp in gen_fp.items():
             for s in cfg.scorers:
                 st = Stage(f"score/{name}.{s.name}", {"generations": gfp, "scorer": scorer_fp[s.name],
-                                                      "config": to_dict(s), "versions": self.versions},
+                                                      "config": to_dict(s), **self.code("score")},
                            [f"scores/{name}.{s.name}.jsonl"], lambda name=name, s=s: self.score(name, s),
                            uses=(f"scorer:{s.name}",))
                 stages.append(st)
@@ -231,7 +223,7 @@ class Pipeline:
 
         stages.append(Stage("report", {"scores": score_fps, "train": {k: v for k, v in policy_fp.items()},
                                        "heldout": heldout_fp,
-                                       "report": to_dict(cfg.report), "config": to_dict(cfg), "versions": self.versions},
+                                       "report": to_dict(cfg.report), "config": to_dict(cfg), **self.code("report")},
                             ["results.json", "report/index.html"], self.report))
         return stages
 

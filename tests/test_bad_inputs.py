@@ -107,7 +107,7 @@ def base_config(folder: Path, source: dict) -> Path:
     """A complete config whose only data source is `source`: the data stage is the first to run."""
     model = shared_path("models", "stories260k")
     config = {"experiment": "bad", "run_root": str(folder / "runs"), "model": {"path": str(model)},
-              "data": {"sources": [source], "eval_prompts": 2},
+              "data": {"sources": [source], "eval_prompts": 2, "scorer_fraction": 0.3},
               "train": {"max_steps": 2, "batch_size": 2, "max_length": 64, "max_prompt_length": 32},
               "variants": [{"name": "dpo", "loss": "dpo"}, {"name": "bdpo", "loss": "bdpo", "params": {"clip": 0.3}}],
               "generate": {"generator": "transformers", "max_new_tokens": 4},

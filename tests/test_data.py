@@ -236,8 +236,8 @@ def test_load_sources_concatenates_and_rejects_duplicate_names(tmp_path: Path) -
     pairs, reports = load_sources(DataConfig(sources=(src("preference", path, name="a"), src("builtin-safety"))))
     assert [r.source for r in reports] == ["a", "builtin-safety"]
     assert len(pairs) == 2 + reports[1].kept
-    with pytest.raises(UserError, match="duplicate source names"):
-        load_sources(DataConfig(sources=(src("preference", path), src("preference", path))))
+    with pytest.raises(ValueError, match="duplicate source names"):
+        DataConfig(sources=(src("preference", path), src("preference", path)))
 
 
 def test_registry_lists_every_format_with_a_summary() -> None:

@@ -20,7 +20,7 @@ experiment: picks
 run_root: {root}
 seeds: [0, 1]
 model: {{path: {model}}}
-data: {{sources: [{{format: builtin-safety, name: smoke}}], eval_prompts: 4}}
+data: {{sources: [{{format: builtin-safety, name: smoke}}], eval_prompts: 4, scorer_fraction: 0.3}}
 variants:
   - {{name: dpo, loss: dpo}}
   - {{name: bdpo, loss: bdpo}}

@@ -183,6 +183,27 @@ def test_resume_after_a_crash_gives_exactly_the_uninterrupted_weights(model_cfg,
         train_policy(model_cfg, cfg, variant, pairs, tmp_path / "b", seed=4, cache_dir=cache_dir, progress=False)
 
 
+def test_a_run_stopped_after_its_last_checkpoint_takes_no_extra_step(model_cfg, pairs, cache_dir, tmp_path):
+    # The crash test's case: a kill after the final step's checkpoint but before the final save.
+    # Trainer checks max_steps only after a step, so resuming from that checkpoint took step 4 and
+    # logged it (3 steps of batch 4 do not fill a whole number of epochs of 8 pairs).
+    cfg = train_cfg(max_steps=3, batch_size=4, save_every=1)
+    variant = VariantConfig(name="dpo", loss="dpo")
+    train_policy(model_cfg, cfg, variant, pairs, tmp_path / "a", seed=1, cache_dir=cache_dir, progress=False)
+    with pytest.raises(Crash):
+        train_policy(model_cfg, cfg, variant, pairs, tmp_path / "b", seed=1, cache_dir=cache_dir, progress=False,
+                     callbacks=[CrashAfterSave(3)])
+    assert (tmp_path / "b" / "checkpoint-3").is_dir() and not (tmp_path / "b" / "train_record.json").exists()
+    metrics = train_policy(model_cfg, cfg, variant, pairs, tmp_path / "b", seed=1, cache_dir=cache_dir,
+                           progress=False)
+
+    assert read_jsonl(tmp_path / "b" / "train_log.jsonl") == read_jsonl(tmp_path / "a" / "train_log.jsonl")
+    a, b = weights(tmp_path / "a"), weights(tmp_path / "b")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert metrics["step"] == 3 and not (tmp_path / "b" / "checkpoint-4").exists()
+    assert json.loads((tmp_path / "b" / "train_record.json").read_text())["resumed_from"].endswith("checkpoint-3")
+
+
 def test_dpo_loss_and_gradients_equal_trl_dpo_trainer(model_cfg, tmp_path):
     datasets = pytest.importorskip("datasets")
     trl = pytest.importorskip("trl")

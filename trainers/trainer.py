@@ -34,9 +34,11 @@ from typing import Any, Sequence
 import torch
 from transformers import (
     AutoModelForCausalLM, AutoTokenizer, PrinterCallback, ProgressCallback, Trainer, TrainerCallback,
-    TrainingArguments,
+    TrainingArguments, TrainerState,
 )
 from transformers.integrations import TensorBoardCallback
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import TrainOutput
 
 from harness.config import LoraConfig, ModelConfig, TrainConfig, VariantConfig, check_kwargs, to_dict
 from harness.errors import UserError
@@ -273,10 +275,14 @@ def _complete(checkpoint: Path) -> bool:
         return False
 
 
+def _checkpoint_step(checkpoint: Path) -> int:
+    return int(checkpoint.name.split("-")[-1])
+
+
 def _last_checkpoint(output_dir: Path) -> Path | None:
     """The newest complete Trainer checkpoint (a crash while saving one leaves it incomplete)."""
     done = [p for p in output_dir.glob("checkpoint-*") if _complete(p)]
-    return max(done, key=lambda p: int(p.name.split("-")[-1])) if done else None
+    return max(done, key=_checkpoint_step) if done else None
 
 
 # --------------------------------------------------------------------------------------------
@@ -292,8 +298,11 @@ class _TrainLogWriter(TrainerCallback):
         self.path = path
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if not state.is_world_process_zero:
-            return
+        if state.is_world_process_zero:
+            self.keep_up_to(state.global_step)
+
+    def keep_up_to(self, step: int) -> None:
+        """Drop the rows after `step` (logged after the checkpoint resumed from) and a cut last line."""
         rows = []
         if self.path.exists():
             for line in self.path.read_text(encoding="utf-8").splitlines():
@@ -301,7 +310,7 @@ class _TrainLogWriter(TrainerCallback):
                     row = json.loads(line)
                 except json.JSONDecodeError:  # the last line of a run killed mid-write
                     break
-                if row.get("step", math.inf) <= state.global_step:
+                if row.get("step", math.inf) <= step:
                     rows.append(row)
         atomic_write_jsonl(self.path, rows)
 
@@ -489,6 +498,21 @@ def _final_metrics(trainer: Trainer, train_output: Any) -> dict[str, float]:
     return metrics
 
 
+def _restore_finished(trainer: PreferenceTrainer, checkpoint: Path, train_log: _TrainLogWriter) -> TrainOutput:
+    """The trainer as it was at `checkpoint`, a checkpoint of the last step, without training.
+
+    Trainer checks max_steps only after a step, so resuming from the last step's checkpoint (a run
+    stopped between it and the final save) would train and log one step past the end. The
+    returned training loss is the mean of the logged losses, as no step runs in this call.
+    """
+    trainer._load_from_checkpoint(str(checkpoint))
+    trainer.state = TrainerState.load_from_json(str(checkpoint / TRAINER_STATE_NAME))
+    if trainer.is_world_process_zero():
+        train_log.keep_up_to(trainer.state.global_step)
+    losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
+    return TrainOutput(trainer.state.global_step, sum(losses) / len(losses) if losses else 0.0, {})
+
+
 def _save_final(trainer: PreferenceTrainer, output_dir: Path, lora: LoraConfig) -> None:
     """The policy, safetensors only: a LoRA unit as its adapter (peft format, a few MB; plus the merged
     model in merged/ when `lora.save_merged`), full fine-tuning as a plain Hugging Face folder."""
@@ -594,11 +618,12 @@ def train_policy(model_cfg: ModelConfig, train_cfg: TrainConfig, variant: Varian
     model = AutoModelForCausalLM.from_pretrained(model_dir, **from_pretrained)
     if train_cfg.lora.enabled:
         model = _apply_lora(model, train_cfg)
+    train_log = _TrainLogWriter(output_dir / TRAIN_LOG)
     trainer = PreferenceTrainer(
         model=model, args=args, processing_class=tokenizer, pairs=tokenized, ref=ref, loss=variant.loss,
         loss_params=variant.params, grad_norm_every=train_cfg.grad_norm_every, pad_token_id=_pad_id(tokenizer),
         group_by_length=train_cfg.group_by_length,
-        callbacks=[_TrainLogWriter(output_dir / TRAIN_LOG), _TensorBoard(output_dir / TENSORBOARD), *callbacks],
+        callbacks=[train_log, _TensorBoard(output_dir / TENSORBOARD), *callbacks],
     )
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
@@ -609,10 +634,13 @@ def train_policy(model_cfg: ModelConfig, train_cfg: TrainConfig, variant: Varian
     resume = _last_checkpoint(output_dir)
     if resume:
         log.info("resuming from %s", resume)
-    try:
-        train_output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    finally:  # an error (a NaN guard, Ctrl-C) must not leave the bar drawing over the message
-        bar.close()
+    if resume and _checkpoint_step(resume) >= args.max_steps:
+        train_output = _restore_finished(trainer, resume, train_log)
+    else:
+        try:
+            train_output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        finally:  # an error (a NaN guard, Ctrl-C) must not leave the bar drawing over the message
+            bar.close()
     _save_final(trainer, output_dir, train_cfg.lora)
 
     metrics = _final_metrics(trainer, train_output)
