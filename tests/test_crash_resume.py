@@ -196,8 +196,10 @@ def written_since(path: Path, since: float) -> bool:
 
 
 def anchor_ready(path: Path, since: float) -> bool:
-    """`path` was written in this attempt and, a JSON file (a checkpoint's trainer_state.json, which
-    Trainer writes in place), reads back whole."""
+    """`path` (or, a glob pattern, any file it matches) was written in this attempt and, a JSON file
+    (a checkpoint's trainer_state.json, which Trainer writes in place), reads back whole."""
+    if "*" in path.name:
+        return any(written_since(p, since) for p in path.parent.glob(path.name))
     if not written_since(path, since):
         return False
     try:
@@ -221,8 +223,13 @@ def checkpoints(run_dir: Path) -> list[str]:
 # window too short for a random delay to hit reliably (resuming there once trained a step too many).
 WANTED = {"scorer": 1, "train": 4, "generate": 3, "score": 2, "report": 2}
 LAST_CHECKPOINT = f"checkpoints/{{}}/checkpoint-{MAX_STEPS}/trainer_state.json"
+# The report is the last stage: a kill that misses it has no next stage to land in. So its kills
+# come at once when its temporary folder appears, while the report's files are written there.
+REPORT_TEMP = ".report-new-*"
+AT_ONCE = (LAST_CHECKPOINT, REPORT_TEMP)
 ANCHORS = {"train": (None, "checkpoints/{}/train_log.jsonl", LAST_CHECKPOINT),
-           "generate": (None, "generations/{}.jsonl.partial.jsonl")}
+           "generate": (None, "generations/{}.jsonl.partial.jsonl"),
+           "report": (REPORT_TEMP,)}
 
 
 def crash_run(config: Path, cwd: Path, took: dict[str, float], seed: int) -> list[dict]:
@@ -256,8 +263,9 @@ def crash_run(config: Path, cwd: Path, took: dict[str, float], seed: int) -> lis
                         target = stage
                         anchors = ANCHORS.get(kind, (None,))
                         pattern = anchors[sum(k["target"].startswith(kind) for k in kills) % len(anchors)]
-                        anchor = run_dir / pattern.format(stage.split("/")[1]) if pattern else None
-                        delay = 0.0 if pattern == LAST_CHECKPOINT else rng.uniform(0.05, 0.6) * took[kind]
+                        name = stage.split("/")[1] if "/" in stage else ""
+                        anchor = run_dir / pattern.format(name) if pattern else None
+                        delay = 0.0 if pattern in AT_ONCE else rng.uniform(0.05, 0.6) * took[kind]
                     if target is not None and deadline is None and (anchor is None or anchor_ready(anchor, since)):
                         deadline = time.time() + delay
                     elif target is not None and deadline is None and stage != target:
