@@ -1,6 +1,6 @@
 """The pipeline: the only module that knows the order of stages.
 
-    data -> [synthetic] -> scorer training -> train (variant x seed) -> generate -> score -> report
+    data -> [synthetic] -> scorer training -> train (variant x seed) -> generate -> score -> [judge] -> report
 
 `plan()` turns a RunConfig into a list of stages, each with the fingerprint of everything it reads
 (config fields, data hashes, upstream fingerprints, package versions). `execute()` runs the stages
@@ -59,6 +59,17 @@ class Unit:
 
 def units_of(cfg: RunConfig) -> list[Unit]:
     return [Unit(f"{v.name}-seed{s}", v, s) for v in cfg.variants for s in cfg.variant_seeds(v)]
+
+
+def judge_partners(cfg: RunConfig) -> dict[str, str]:
+    """Unit -> the baseline unit the judge compares it with: the baseline's unit of the same seed (units
+    whose seed the baseline lacks are not judged); the reference against the baseline's first seed."""
+    baseline = {u.seed: u.name for u in units_of(cfg) if u.variant is not None and u.variant.name == cfg.report.baseline}
+    partners = {u.name: baseline[u.seed] for u in units_of(cfg)
+                if u.variant is not None and u.variant.name != cfg.report.baseline and u.seed in baseline}
+    if baseline:
+        partners[REFERENCE] = baseline[min(baseline)]
+    return partners
 
 
 def loss_params(variant: VariantConfig) -> dict[str, Any]:
@@ -173,7 +184,21 @@ class Pipeline:
                 stages.append(st)
                 score_fps[st.name] = st.fingerprint
 
+        judge_fps = {}
+        if cfg.judge is not None:
+            from evaluators.judge import judge_inputs
+
+            judge = judge_inputs(cfg.judge)  # checked now, not after training
+            for name, partner in judge_partners(cfg).items():
+                st = Stage(f"judge/{name}", {"generations": gen_fp[name], "baseline_generations": gen_fp[partner],
+                                             "baseline_unit": partner, "judge": judge, "data": data_stage.fingerprint,
+                                             "versions": self.versions},
+                           [f"judgments/{name}.jsonl"], lambda name=name, partner=partner: self.judge(name, partner))
+                stages.append(st)
+                judge_fps[st.name] = st.fingerprint
+
         stages.append(Stage("report", {"scores": score_fps, "train": {k: v for k, v in policy_fp.items()},
+                                       **({"judgments": judge_fps} if judge_fps else {}),
                                        "report": to_dict(cfg.report), "config": to_dict(cfg), "versions": self.versions},
                             ["results.json", "report/index.html"], self.report))
         return stages
@@ -333,6 +358,15 @@ class Pipeline:
         atomic_write_jsonl(self.run.path("scores", f"{name}.{s.name}.jsonl"),
                            [{"prompt_id": r["prompt_id"], "sample_idx": r["sample_idx"], "score": v, **m}
                             for r, v, m in zip(rows, values, extra)])
+
+    def judge(self, name: str, partner: str) -> None:
+        from evaluators.judge import judge_generations
+
+        assert self.cfg.judge is not None
+        unit_path, base_path = self.run.path("generations", f"{name}.jsonl"), self.run.path("generations", f"{partner}.jsonl")
+        rows = judge_generations(self.cfg.judge, {p.prompt_id: p.prompt for p in self.prompts()}, read_jsonl(unit_path),
+                                 read_jsonl(base_path), partner, f"{unit_path} vs {base_path}", console=self.console)
+        atomic_write_jsonl(self.run.path("judgments", f"{name}.jsonl"), rows)
 
     def report(self) -> None:
         from reports.build import build_report
