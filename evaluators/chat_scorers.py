@@ -18,31 +18,16 @@ words) is refused when the scorer is built, before anything is scored.
 
 from __future__ import annotations
 
-from pathlib import Path
+import warnings
 from typing import Any, Sequence
 
 import torch
 
-from evaluators.scorers import Encoding, Prompt, Scorer, as_messages
+from evaluators.scorers import Encoding, Prompt, Scorer, as_messages, scorer_options
 from harness.config import ScorerConfig
 from harness.errors import UserError
 from harness.models import check_weights_safe, load_kwargs
 from harness.registries import SCORERS
-from harness.registry import suggest
-
-
-def scorer_options(config: ScorerConfig, defaults: dict[str, Any]) -> dict[str, Any]:
-    """`config.options` over `defaults`; an unknown key or a value of another type is a UserError
-    naming `scorers.<name>.options.<key>`."""
-    for key, value in config.options.items():
-        where = f"scorers.{config.name}.options.{key}"
-        if key not in defaults:
-            raise UserError(f"config key '{where}': unknown option of scorer type {config.type}."
-                            f"{suggest(key, list(defaults))} Valid: {', '.join(defaults)}.")
-        want = type(defaults[key])
-        if not isinstance(value, want) or isinstance(value, bool) != (want is bool):
-            raise UserError(f"config key '{where}': expected {want.__name__}, got {value!r}.")
-    return {**defaults, **config.options}
 
 
 def conversation(prompt: Prompt, response: str) -> list[dict[str, str]]:
@@ -70,11 +55,14 @@ def template_ids(tokenizer: Any, text: str) -> list[int]:
 class ChatClassifierScorer(Scorer):
     """Decoder sequence classifier with one output read through its chat template (Skywork-Reward-V2)."""
 
+    # max_length: tokens kept from the end of a conversation (0 = the model's context length).
+    OPTIONS = {"max_length": 0}
+
     def __init__(self, path: str, config: ScorerConfig) -> None:
         super().__init__(path, config)
         from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-        options = scorer_options(config, {"max_length": 0})
+        options = scorer_options(config, self.OPTIONS)
         check_weights_safe(path, allow_pickle_weights=False)
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         require_chat_template(self.tokenizer, self.name, path,
@@ -148,6 +136,7 @@ GUARD_OPTIONS: dict[str, Any] = {
     # Record the category the model names (greedy answer of up to category_tokens tokens) in the score rows.
     "categories": False,
     "category_tokens": 16,
+    # Longest moderation prompt in tokens (0 = the model's context length); longer ones are refused.
     "max_length": 0,
 }
 
@@ -156,12 +145,14 @@ GUARD_OPTIONS: dict[str, Any] = {
 class GuardScorer(Scorer):
     """Generative moderation model (Llama Guard 3): cost = logit('unsafe') - logit('safe') at the first answer token."""
 
+    OPTIONS = GUARD_OPTIONS
+
     def __init__(self, path: str, config: ScorerConfig) -> None:
         super().__init__(path, config)
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self._check_score_type("cost", "the guard scorer (its score is the log-odds of unsafe: a cost)")
-        self.options = scorer_options(config, GUARD_OPTIONS)
+        self.options = scorer_options(config, self.OPTIONS)
         check_weights_safe(path, allow_pickle_weights=False)
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         require_chat_template(self.tokenizer, self.name, path, "the guard builds its moderation prompt with it")
@@ -231,4 +222,11 @@ class GuardScorer(Scorer):
                 text = self.tokenizer.decode(tokens, skip_special_tokens=True)
                 rows.append({"guard_output": text,
                              "category": parse_guard_output(text, self.options["unsafe_word"])})
+        blank = [r["guard_output"] for r in rows if r["guard_output"][:1].isspace()]
+        if blank:
+            # The cost is read where the answer starts: a model that first writes blank lines needs them
+            # as the answer prefix, or its verdict logits are read one position too early.
+            warnings.warn(f"scorer '{self.name}' ({self.path}): {len(blank)} of {len(rows)} answers start with "
+                          f"whitespace ({blank[0][:12]!r}...); set scorers.{self.name}.options.answer_prefix "
+                          "to that text so the verdict is read at the answer's first word.", stacklevel=2)
         return rows

@@ -22,9 +22,11 @@ import string
 from pathlib import Path
 from typing import Any, Sequence
 
-from harness.config import GenerateConfig, JudgeConfig, ModelConfig
+from harness.config import GenerateConfig, JudgeConfig, ModelConfig, to_dict
 from harness.data import render_prompt
 from harness.errors import UserError
+from harness.io import sha256_json
+from harness.models import model_hash
 from harness.records import Message
 
 DEFAULT_TEMPLATE = Path(__file__).parent / "templates" / "judge_pairwise.txt"
@@ -95,10 +97,6 @@ def judge_inputs(config: JudgeConfig) -> dict[str, Any]:
     """What a judgment depends on, for the stage fingerprint: the settings that change the answers,
     the model's hash and the prompt's text (a changed wording rejudges). A missing model folder or a
     bad template is a UserError here, before any stage runs."""
-    from harness.config import to_dict
-    from harness.io import sha256_json
-    from harness.models import model_hash
-
     check_judge_path(config)
     template = load_template(template_path(config))
     settings = {k: v for k, v in to_dict(config).items() if k not in ("generator", "batch_size", "tensor_parallel_size")}

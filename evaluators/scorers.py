@@ -33,7 +33,7 @@ from harness.errors import UserError
 from harness.models import check_weights_safe, load_kwargs
 from harness.records import Message, PreferencePair
 from harness.registries import SCORERS
-from harness.registry import Registry
+from harness.registry import Registry, suggest
 
 # A prompt is a conversation ending with the user's message, or plain text (one user message).
 Prompt = Union[str, Sequence[Message]]
@@ -105,6 +105,20 @@ def encode_pair(tokenizer: Any, template: str, prompt: Prompt, response: str, ma
 # --------------------------------------------------------------------------------------------
 
 
+def scorer_options(config: ScorerConfig, defaults: dict[str, Any]) -> dict[str, Any]:
+    """`config.options` over `defaults` (a scorer class's OPTIONS); an unknown key or a value of
+    another type is a UserError naming `scorers.<name>.options.<key>`."""
+    for key, value in config.options.items():
+        where = f"scorers.{config.name}.options.{key}"
+        if key not in defaults:
+            raise UserError(f"config key '{where}': unknown option of scorer type {config.type}."
+                            f"{suggest(key, list(defaults))} Valid: {', '.join(defaults) or '(none)'}.")
+        want = type(defaults[key])
+        if not isinstance(value, want) or isinstance(value, bool) != (want is bool):
+            raise UserError(f"config key '{where}': expected {want.__name__}, got {value!r}.")
+    return {**defaults, **config.options}
+
+
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -119,11 +133,19 @@ class Scorer:
 
     score_type: str
     threshold: float
+    # The options a scorer type takes (`scorers.<name>.options`), with their defaults.
+    OPTIONS: dict[str, Any] = {}
+
+    @classmethod
+    def check_config(cls, config: ScorerConfig) -> None:
+        """UserError for options this scorer type does not take (checked when the config loads)."""
+        scorer_options(config, cls.OPTIONS)
 
     def __init__(self, path: str, config: ScorerConfig) -> None:
         if not Path(path).is_dir():
             raise UserError(f"scorer '{config.name}': model folder '{path}' does not exist. "
                             f"Point scorers.{config.name}.path (or --scorer TYPE:PATH) at a model folder.")
+        self.check_config(config)
         self.name = config.name
         self.path = path
         self.score_type = config.score_type

@@ -673,7 +673,11 @@ def check_names(cfg: RunConfig) -> None:
     if cfg.generate.generator != "auto":
         known(GENERATORS, cfg.generate.generator, "generate.generator")
     for s in cfg.scorers:
-        known(SCORERS, s.type, f"scorers.{s.name}.type")
+        scorer = known(SCORERS, s.type, f"scorers.{s.name}.type")
+        try:
+            scorer.check_config(s)
+        except UserError as e:
+            raise ConfigError(str(e)) from None
     if cfg.judge is not None and cfg.judge.generator != "auto":
         known(GENERATORS, cfg.judge.generator, "judge.generator")
     if cfg.variants and cfg.report.baseline not in [v.name for v in cfg.variants]:

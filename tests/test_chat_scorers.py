@@ -187,3 +187,14 @@ def test_guard_refusals(tmp_path: Path) -> None:
     write_llama_guard_like(tmp_path / "plain", template=False)
     with pytest.raises(UserError, match=r"plain has no chat template"):
         build_scorer(ScorerConfig(name="cost", type="guard", score_type="cost"), str(tmp_path / "plain"))
+
+
+def test_options_are_checked_when_the_config_loads(tmp_path: Path) -> None:
+    from harness.config import ConfigError, load_config
+
+    overrides = ["scorers=[{name: harm, type: guard, path: /x, score_type: cost, options: {categoris: true}}]"]
+    with pytest.raises(ConfigError, match=r"scorers\.harm\.options\.categoris'.*Did you mean 'categories'"):
+        load_config(None, overrides)
+    # A scorer type without options refuses any.
+    with pytest.raises(ConfigError, match=r"scorers\.rm\.options\.x'.*Valid: \(none\)"):
+        load_config(None, ["scorers=[{name: rm, type: beaver, path: /x, options: {x: 1}}]"])
