@@ -198,3 +198,9 @@ def test_judge_win_rate_arithmetic_from_the_rows(judged_run: Path, tmp_path: Pat
     path = run / "judgments" / "bdpo-seed0.jsonl"
     path.write_text("".join(path.read_text().splitlines(keepends=True)[1:]))
     assert main(["report", str(run)]) == 2
+
+
+def test_the_documented_prompt_is_the_template() -> None:
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "scoring.md").read_text()
+    shown = doc.split("```text\n", 1)[1].split("```", 1)[0]
+    assert shown == DEFAULT_TEMPLATE.read_text()
