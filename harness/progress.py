@@ -1,5 +1,5 @@
-"""The one progress bar of the project's long loops (scorer training, generation, scoring, the
-synthetic grid). Policy training keeps transformers.Trainer's own bar (trainers/trainer.py)."""
+"""The one progress bar of the project's long loops (policy training and its reference pass, scorer
+training, generation, scoring, the synthetic grid)."""
 
 from __future__ import annotations
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
 import pytest
 
-from harness.cli import build_parser, main
+from harness.cli import build_parser, main, parse_args
+from harness.config import split_config_arg
 
 
 def bdpo(*args: str) -> subprocess.CompletedProcess:
@@ -22,12 +24,59 @@ def test_help_lists_every_subcommand():
 
 
 def test_each_subcommand_has_help():
-    parser = build_parser()
-    sub = next(a for a in parser._actions if a.dest == "command")
-    for name, p in sub.choices.items():
+    for name, p in build_parser()[1].items():
         text = p.format_help()
         assert p.description, f"{name} has no description"
         assert "usage: bdpo" in text
+        assert "(default: None)" not in text, name
+        for line in " ".join(text.split()).split("--"):  # each option's help on one line
+            assert line.count("(default:") <= 1, f"{name}: {line}"
+        assert "--verbose" in text
+
+
+@pytest.mark.parametrize("order", [
+    ["validate", "train.max_steps=3", "--quiet"],
+    ["validate", "--quiet", "train.max_steps=3"],
+    ["--verbose", "validate", "--quiet", "train.max_steps=3", "--verbose"],
+])
+def test_options_and_overrides_in_any_order(order):
+    args = parse_args(order)
+    assert args.command == "validate" and args.quiet
+    assert split_config_arg(args.config, args.overrides) == (None, ["train.max_steps=3"])
+    assert args.verbose == ("--verbose" in order)
+
+
+def test_train_takes_an_override_after_an_option():
+    args = parse_args(["train", "configs/hh-study.yaml", "--variant", "dpo", "train.max_steps=4"])
+    assert (args.config, args.variant, args.overrides) == ("configs/hh-study.yaml", ["dpo"], ["train.max_steps=4"])
+
+
+QUIET_VARIABLES = ("VLLM_LOGGING_LEVEL", "TRANSFORMERS_VERBOSITY", "DATASETS_VERBOSITY", "HF_HUB_DISABLE_PROGRESS_BARS",
+                   "TQDM_DISABLE")
+LIBRARY_CHATTER = """
+import logging, sys, warnings
+from harness.terminal import quiet_third_party
+quiet_third_party(verbose=sys.argv[1] == "verbose")
+from transformers.utils import logging as hf_logging
+hf_logging.get_logger("transformers.modeling_utils").warning("LOAD REPORT from a library")
+warnings.warn_explicit("a library warning", UserWarning, "x.py", 1, module="torch.nn.modules")
+from transformers.utils.logging import tqdm
+for _ in tqdm(range(3), desc="Loading weights"):
+    pass
+logging.getLogger("trainers.trainer").warning("the project's own warning")
+"""
+
+
+@pytest.mark.parametrize("mode", ["quiet", "verbose"])
+def test_library_logs_bars_and_warnings_are_silenced_unless_verbose(mode):
+    # Without the switches an in-process `main()` of another test may have set in this environment.
+    env = {k: v for k, v in os.environ.items() if k not in QUIET_VARIABLES}
+    out = subprocess.run([sys.executable, "-c", LIBRARY_CHATTER, mode], capture_output=True, text=True, timeout=300,
+                         env=env)
+    assert out.returncode == 0, out.stderr
+    assert "the project's own warning" in out.stderr
+    for chatter in ("LOAD REPORT from a library", "a library warning", "Loading weights"):
+        assert (chatter in out.stderr) == (mode == "verbose"), (chatter, out.stderr)
 
 
 def test_ls_lists_registered_names():

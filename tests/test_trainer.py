@@ -79,6 +79,20 @@ def test_a_few_steps_of_each_loss_lower_it_and_raise_reward_accuracy(loss, model
     assert metrics["step"] == 6 and metrics["loss"] == last["loss"]
 
 
+def test_tensorboard_events_hold_the_train_log(model_cfg, pairs, cache_dir, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train_policy(model_cfg, train_cfg(max_steps=3), VariantConfig(name="bdpo", loss="bdpo"), pairs, tmp_path / "out",
+                 seed=0, cache_dir=cache_dir, progress=False)
+    rows = read_jsonl(tmp_path / "out" / "train_log.jsonl")
+    events = EventAccumulator(str(tmp_path / "out" / "tensorboard")).Reload()
+    for name in ("loss", "rewards/margins", "rewards/accuracies", "logps/chosen", "lambda/mean",
+                 "log_grad_ratio/median"):
+        scalars = events.Scalars(f"train/{name}")
+        assert [e.step for e in scalars] == [r["step"] for r in rows], name
+        assert [e.value for e in scalars] == pytest.approx([r[name] for r in rows], rel=1e-6), name
+
+
 def test_checkpoint_reloads_with_the_same_logps_and_lora_is_merged(model_cfg, pairs, cache_dir, tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(model_cfg.path)
     tokenized, _ = tokenize_pairs(pairs, tokenizer, use_chat_template=True, max_length=MAX_LENGTH,

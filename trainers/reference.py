@@ -21,11 +21,11 @@ from typing import Any, Sequence
 
 import torch
 from safetensors.torch import load_file, save_file
-from tqdm.auto import tqdm
 
 from harness.config import TrainConfig, to_dict
 from harness.models import model_hash
 from harness.io import atomic_path, sha256_json
+from harness.progress import progress_bar
 from trainers.logprobs import TokenizedPair, collate, sequence_logps, tokenization_hash
 
 CACHE_VERSION = 1
@@ -64,12 +64,15 @@ def _compute(model: torch.nn.Module, pairs: Sequence[TokenizedPair], pad_token_i
     batches = range(0, len(pairs), batch_size)
     with torch.no_grad(), torch.autocast(device.type, dtype=autocast_dtype or torch.float32,
                                          enabled=autocast_dtype is not None):
-        for start in tqdm(batches, desc="reference log-probs", disable=not progress, leave=False):
-            batch = {k: v.to(device) for k, v in collate(pairs[start:start + batch_size], pad_token_id).items()}
-            logps, _ = sequence_logps(model, **batch)
-            c, r = logps.float().cpu().chunk(2)
-            chosen.append(c)
-            rejected.append(r)
+        with progress_bar(progress, transient=True) as bar:
+            task = bar.add_task("reference log-probs", total=len(pairs))
+            for start in batches:
+                batch = {k: v.to(device) for k, v in collate(pairs[start:start + batch_size], pad_token_id).items()}
+                logps, _ = sequence_logps(model, **batch)
+                c, r = logps.float().cpu().chunk(2)
+                chosen.append(c)
+                rejected.append(r)
+                bar.advance(task, len(c))
     return torch.cat(chosen), torch.cat(rejected)
 
 

@@ -11,6 +11,7 @@ Output directory:
     model.safetensors, config.json, tokenizer files   the policy (LoRA merged), loadable by
                                                        transformers and vLLM
     train_log.jsonl       one row per logged step (harness.records.TRAIN_LOG_FIELDS, TRL's names)
+    tensorboard/          the same steps as TensorBoard events (tag train/<name>)
     train_fingerprint.json  what this directory is being trained from (checked on resume)
     checkpoint-<step>/    the last Trainer checkpoint (train.save_every), for resume
     train_record.json     config, hashes, reference, final metrics, versions: written last, so its
@@ -32,11 +33,13 @@ from transformers import (
     AutoModelForCausalLM, AutoTokenizer, PrinterCallback, ProgressCallback, Trainer, TrainerCallback,
     TrainingArguments,
 )
+from transformers.integrations import TensorBoardCallback
 
 from harness.config import ModelConfig, TrainConfig, VariantConfig, check_kwargs, to_dict
 from harness.errors import UserError
 from harness.io import atomic_write_json, atomic_write_jsonl, read_json, sha256_json
 from harness.models import check_weights_safe, load_kwargs, model_hash, resolve_model_path
+from harness.progress import progress_bar
 from harness.provenance import environment, timestamp
 from harness.records import TRAIN_LOG_FIELDS, PreferencePair
 from harness.registries import LOSSES
@@ -49,6 +52,7 @@ log = logging.getLogger(__name__)
 RECORD = "train_record.json"
 FINGERPRINT = "train_fingerprint.json"
 TRAIN_LOG = "train_log.jsonl"
+TENSORBOARD = "tensorboard"
 # The loss that warms the reference up (the paper: DPO), with its default parameters.
 WARMUP_VARIANT = VariantConfig(name="reference-warmup", loss="dpo")
 
@@ -263,14 +267,46 @@ class _TrainLogWriter(TrainerCallback):
             f.write(json.dumps(row, sort_keys=True, allow_nan=False) + "\n")
 
 
-class _ProgressBar(ProgressCallback):
-    """Trainer's tqdm bar, with loss and reward accuracy shown on it instead of printed log dicts."""
+class _TensorBoard(TensorBoardCallback):
+    """The Trainer's TensorBoard logging (TRL's metric names, under `train/`), written by rank 0
+    into `<output_dir>/tensorboard/` instead of a timestamped `runs/` folder."""
+
+    def __init__(self, log_dir: Path) -> None:
+        super().__init__()
+        self.logging_dir = str(log_dir)
+
+
+class _ProgressBar(TrainerCallback):
+    """The training loop's bar: the project's rich progress display, with the loss and reward
+    accuracy of the last logged step shown on it instead of printed log dicts."""
+
+    def __init__(self) -> None:
+        self.bar: Any = None
+        self.task: Any = None
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if state.is_world_process_zero:
+            self.bar = progress_bar(fields=("loss", "acc"), transient=True)
+            self.bar.start()
+            self.task = self.bar.add_task("training", total=state.max_steps, completed=state.global_step,
+                                          loss=float("nan"), acc=float("nan"))
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, completed=state.global_step)
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None,
                **kwargs: Any) -> None:
-        if state.is_world_process_zero and self.training_bar is not None and logs and "loss" in logs:
-            shown = {"loss": logs["loss"], "acc": logs.get("rewards/accuracies", float("nan"))}
-            self.training_bar.set_postfix({k: f"{v:.4f}" for k, v in shown.items()}, refresh=False)
+        if self.bar is not None and logs and "loss" in logs:
+            self.bar.update(self.task, loss=logs["loss"], acc=logs.get("rewards/accuracies", float("nan")))
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -287,8 +323,6 @@ def _dtype(model_cfg: ModelConfig) -> torch.dtype:
 
 def _training_args(train_cfg: TrainConfig, output_dir: Path, seed: int, dtype: torch.dtype,
                    progress: bool) -> TrainingArguments:
-    import importlib.util
-
     return TrainingArguments(
         output_dir=str(output_dir),
         max_steps=train_cfg.max_steps,
@@ -314,7 +348,7 @@ def _training_args(train_cfg: TrainConfig, output_dir: Path, seed: int, dtype: t
         dataloader_pin_memory=torch.cuda.is_available(),
         use_cpu=not torch.cuda.is_available(),
         disable_tqdm=not progress,
-        report_to=["tensorboard"] if importlib.util.find_spec("tensorboard") else [],
+        report_to=[],  # TensorBoard through _TensorBoard, into a fixed folder
     )
 
 
@@ -469,17 +503,21 @@ def train_policy(model_cfg: ModelConfig, train_cfg: TrainConfig, variant: Varian
     trainer = PreferenceTrainer(
         model=model, args=args, processing_class=tokenizer, pairs=tokenized, ref=ref, loss=variant.loss,
         loss_params=variant.params, grad_norm_every=train_cfg.grad_norm_every, pad_token_id=_pad_id(tokenizer),
-        callbacks=[_TrainLogWriter(output_dir / TRAIN_LOG), *callbacks],
+        callbacks=[_TrainLogWriter(output_dir / TRAIN_LOG), _TensorBoard(output_dir / TENSORBOARD), *callbacks],
     )
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
+    bar = _ProgressBar()
     if progress:
-        trainer.add_callback(_ProgressBar())
+        trainer.add_callback(bar)
 
     resume = _last_checkpoint(output_dir)
     if resume:
         log.info("resuming from %s", resume)
-    train_output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    try:
+        train_output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    finally:  # an error (a NaN guard, Ctrl-C) must not leave the bar drawing over the message
+        bar.close()
     _save_final(trainer, output_dir, train_cfg.lora.enabled)
 
     metrics = _final_metrics(trainer, train_output)
