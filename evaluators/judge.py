@@ -32,9 +32,6 @@ from harness.records import Message
 DEFAULT_TEMPLATE = Path(__file__).parent / "templates" / "judge_pairwise.txt"
 TEMPLATE_FIELDS = ("conversation", "response_a", "response_b")
 VERDICTS = ("A", "B", "tie", "invalid")
-# judgments/<unit>.jsonl rows: the unit's reply is "A" in the first order, "B" in the second.
-JUDGMENT_FIELDS = ("prompt_id", "sample_idx", "baseline_unit", "verdict_unit_first", "verdict_baseline_first",
-                   "output_unit_first", "output_baseline_first", "score")
 
 
 def template_path(config: JudgeConfig) -> Path:
@@ -139,8 +136,8 @@ def judge_pairs(generator: Any, template: str, settings: GenerateConfig, prompts
 def judge_generations(config: JudgeConfig, prompts: dict[str, Sequence[Message]], unit_rows: list[dict[str, Any]],
                       baseline_rows: list[dict[str, Any]], baseline_unit: str, where: str,
                       console: Any = None) -> list[dict[str, Any]]:
-    """judgments rows (JUDGMENT_FIELDS) for a unit's generation rows against the baseline's, matched
-    by (prompt_id, sample_idx); `where` names the files in errors."""
+    """judgments rows (harness.records.JUDGMENT_FIELDS) for a unit's generation rows against the
+    baseline's, matched by (prompt_id, sample_idx); `where` names the files in errors."""
     template = load_template(template_path(config))
     theirs = {(r["prompt_id"], r["sample_idx"]): r["response"] for r in baseline_rows}
     missing = [(r["prompt_id"], r["sample_idx"]) for r in unit_rows if (r["prompt_id"], r["sample_idx"]) not in theirs]

@@ -1,6 +1,6 @@
 """The LLM judge's win rate against the baseline, beside the scorers' win rates.
 
-Reads `judgments/<unit>.jsonl` (rows: evaluators/judge.py JUDGMENT_FIELDS; written by the pipeline's
+Reads `judgments/<unit>.jsonl` (rows: harness/records.py JUDGMENT_FIELDS; written by the pipeline's
 `judge/<unit>` stages when the run config has a `judge` section). Per variant, the pair scores of
 its units (1 win, 0 loss, 1/2 tie, both orders averaged) are averaged over a prompt's samples into
 one [S, P] cell, as every other metric, and resampled the same way (seeds, then prompts).
@@ -15,13 +15,12 @@ import numpy as np
 
 from harness.errors import UserError
 from harness.io import iter_jsonl, require_finite, sha256_file
-from harness.records import require_fields
+from harness.records import JUDGMENT_FIELDS, require_fields
 from reports.manifest import Manifest
 from reports.stats import bootstrap_ci
 
 METRIC = "judge.win_vs_baseline"
 VERDICT_FIELDS = ("verdict_unit_first", "verdict_baseline_first")
-ROW_FIELDS = ("prompt_id", "sample_idx", "baseline_unit", *VERDICT_FIELDS, "score")
 
 
 def read_judgments(path: Path, prompt_ids: list[str], n_samples: int) -> tuple[np.ndarray, int, int, int]:
@@ -34,7 +33,7 @@ def read_judgments(path: Path, prompt_ids: list[str], n_samples: int) -> tuple[n
     ties = invalid = 0
     for lineno, row in iter_jsonl(path):
         where = f"{path}:{lineno}"
-        require_fields(row, ROW_FIELDS, where)
+        require_fields(row, JUDGMENT_FIELDS, where)
         i, k = index.get(row["prompt_id"]), row["sample_idx"]
         if i is None or not isinstance(k, int) or not 0 <= k < n_samples or not np.isnan(scores[i, k]):
             raise UserError(f"{where}: prompt_id {row['prompt_id']!r} sample_idx {k!r} is not in the run's "

@@ -13,13 +13,14 @@ import torch
 import yaml
 
 from evaluators.generators import build_generator
-from evaluators.judge import (DEFAULT_TEMPLATE, JUDGMENT_FIELDS, judge_message, judge_pairs, judge_settings,
-                              load_template, pair_score, parse_verdict)
+from evaluators.judge import (DEFAULT_TEMPLATE, judge_message, judge_pairs, judge_settings, load_template,
+                              pair_score, parse_verdict)
 from harness.cli import main
 from harness.config import JudgeConfig, ModelConfig, load_config
 from harness.errors import UserError
 from harness.io import read_json, read_jsonl
 from harness.pipeline import Pipeline
+from harness.records import JUDGMENT_FIELDS
 from tests.tiny_chat import chatml_tokenizer, write_causal_llama, write_llama_guard_like, write_skywork_like
 
 PROMPT = ({"role": "user", "content": "How do I boil an egg?"},)
