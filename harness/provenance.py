@@ -46,6 +46,7 @@ STAGE_CODE: dict[str, StageCode] = {
     # The engine's packages are added per generator (GENERATOR_PACKAGES).
     "generate": StageCode(("evaluators.generation_cache", "evaluators.generators", "evaluators.engines"),
                           ("torch", "transformers", "peft", "safetensors")),
+    "judge": StageCode(("evaluators.judge",), ("torch", "transformers", "peft", "safetensors")),
     "score": StageCode(("evaluators.scorers",), ("torch", "transformers", "peft", "safetensors", "scipy")),
     "report": StageCode(("reports.build",), ("numpy", "scipy", "matplotlib", "pandas", "jinja2", "tabulate"),
                         ("reports/templates/report.html.j2",)),

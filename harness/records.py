@@ -97,6 +97,18 @@ SCORE_FIELDS = (
     "score",          # float, finite; reward: higher = more helpful, cost: higher = more harmful
 )
 
+# judgments/<unit>.jsonl rows (evaluators/judge.py; the unit's reply is "A" in the first order):
+JUDGMENT_FIELDS = (
+    "prompt_id",               # str
+    "sample_idx",              # int
+    "baseline_unit",           # str, the baseline unit compared with (same seed)
+    "verdict_unit_first",      # "A" | "B" | "tie" | "invalid", the unit's reply shown first (as A)
+    "verdict_baseline_first",  # the same with the baseline's reply shown first (the unit's is B)
+    "output_unit_first",       # str, the judge's raw answers
+    "output_baseline_first",
+    "score",                   # float in [0, 1]: the unit's mean order score (1 win, 1/2 tie or invalid, 0 loss)
+)
+
 # checkpoints/<unit>/train_log.jsonl rows (TRL's names where TRL has one):
 TRAIN_LOG_FIELDS = (
     "step", "loss", "learning_rate",

@@ -18,6 +18,7 @@ from harness.io import atomic_write_json, to_json
 from harness.provenance import package_versions, timestamp
 from reports import plots
 from reports.analysis import Settings, analyse, settings_for
+from reports.judge import add_judge
 from reports.render import index_html, key_columns, leaderboard_csv, leaderboard_md
 from reports.tables import ablations_csv, ablations_md
 from reports.rundata import RunData, load_run
@@ -31,7 +32,7 @@ def results_json(run: RunData, settings: Settings) -> dict[str, Any]:
     """results.json: deterministic for given inputs; run timestamps only under "timestamps"."""
     m = run.manifest
     body = analyse(run, settings)
-    return {
+    results = {
         "schema_version": RESULTS_SCHEMA_VERSION,
         "experiment": m.experiment,
         "baseline": m.baseline,
@@ -44,12 +45,14 @@ def results_json(run: RunData, settings: Settings) -> dict[str, Any]:
         "data_hashes": m.data_hashes,
         "model_hash": m.model_hash,
         "seeds": list(m.seeds),
-        "inputs": run.input_hashes,
+        "inputs": dict(run.input_hashes),
         # Versions only: the run's git hash is in `provenance`; the report code's commit would make
         # results.json change with every unrelated commit.
         "report_environment": {"versions": package_versions(REPORT_PACKAGES)},
         "timestamps": m.timestamps,
     }
+    add_judge(results, run.root, m, run.prompt_ids, run.n_samples)
+    return results
 
 
 def _replace_dir(new: Path, final: Path) -> None:

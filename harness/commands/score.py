@@ -46,6 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "the scorer then sees the conversation instead of the generator's rendered prompt text")
     parser.add_argument("--batch-size", type=int, help="inputs per forward pass (length-bucketed) "
                         f"(default: {ScorerConfig.batch_size})")
+    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                        help="an option of the scorer type (scorers.<name>.options in a config), e.g. "
+                             "categories=true for a guard; repeat for several")
     parser.add_argument("--name", default=None, help="scorer label in messages (default: the score type)")
 
 
@@ -83,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
 
 def score_file(args: argparse.Namespace) -> int:
     """One scorer on a generations file: --generations FILE --scorer TYPE:PATH --out FILE."""
+    import yaml
     from rich.console import Console
 
     from evaluators.scorers import ScoreError, build_scorer
@@ -121,10 +125,17 @@ def score_file(args: argparse.Namespace) -> int:
     if not rows:
         raise UserError(f"{args.generations}: no generations to score.")
 
+    options = {}
+    for item in args.option:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise UserError(f"--option '{item}': expected KEY=VALUE, e.g. categories=true.")
+        options[key] = yaml.safe_load(value) if value else ""
     config = ScorerConfig(name=args.name or score_type, type=kind, path=path, score_type=score_type,
-                          threshold=threshold, batch_size=batch_size)
+                          threshold=threshold, batch_size=batch_size, options=options)
     scorer = build_scorer(config)
     scores: list[float] = []
+    extra: list[dict] = []  # per-row metadata some scorers record (a guard's category)
     chunk = batch_size * 8  # several length-bucketed batches per progress update
     with progress_bar() as progress:
         task = progress.add_task(f"scoring with {kind}", total=len(inputs))
@@ -134,9 +145,10 @@ def score_file(args: argparse.Namespace) -> int:
                 scores += scorer.score([p for p, _ in part], [r for _, r in part])
             except ScoreError as e:
                 raise UserError(f"{args.generations}:{lines[start + e.row]}: scorer {e.scorer}: {e.reason}.") from None
+            extra += scorer.metadata([p for p, _ in part], [r for _, r in part]) or [{}] * len(part)
             progress.update(task, advance=len(part))
-    atomic_write_jsonl(args.out, [dict(zip(SCORE_FIELDS, (r["prompt_id"], r["sample_idx"], s)))
-                                  for r, s in zip(rows, scores)])
+    atomic_write_jsonl(args.out, [{**dict(zip(SCORE_FIELDS, (r["prompt_id"], r["sample_idx"], s))), **m}
+                                  for r, s, m in zip(rows, scores, extra)])
 
     console = Console(highlight=False)
     sd = statistics.stdev(scores) if len(scores) > 1 else 0.0
