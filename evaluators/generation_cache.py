@@ -1,8 +1,9 @@
 """Generate completions into a JSONL file, reusing every row whose content key is already on disk.
 
-A row's `cache_key` hashes what decides its text: the model (sha256 of the folder's model files), the
-rendered prompt, the sampling settings and the engine with its version. A rerun reuses rows whose key
-(and sample_idx) match a row of the existing output file or of the side file and generates the rest.
+A row's `cache_key` hashes what decides its text: the model (sha256 of the folder's model files; for
+a LoRA adapter, of the base's and the adapter's), the rendered prompt, the sampling settings and the
+engine with its version. A rerun reuses rows whose key (and sample_idx) match a row of the existing
+output file or of the side file and generates the rest.
 
 Crash safety: each finished batch is appended (and fsynced) to `<out>.partial.jsonl`; a truncated last
 line there (a crash mid-write) is ignored. The output file is written atomically once at the end, then
@@ -123,10 +124,11 @@ def _row(record: PromptRecord, idx: int, text: str, key: str, completion: Comple
 def generate_to_file(generator: Generator, prompts: Sequence[PromptRecord], out_path: str | os.PathLike,
                      settings: GenerateConfig, model_path: Optional[str] = None, tokenizer: Any = None,
                      use_chat_template: Optional[bool] = None, progress: bool = True,
-                     console: Optional[Any] = None) -> GenerationStats:
+                     console: Optional[Any] = None, model_sha: Optional[str] = None) -> GenerationStats:
     """Write `settings.n` completions per prompt to `out_path` (GENERATION_FIELDS + `sampling`), in
     prompt order, generating only rows not already on disk. model_path, tokenizer and use_chat_template
-    default to the generator's own."""
+    default to the generator's own; `model_sha`, the weights' key in the cache, to model_path's hash
+    (a LoRA policy's key is its base's and adapter's: evaluators.engines.Policy.content_hash)."""
     model_path = model_path or generator.model_path
     tokenizer = tokenizer or generator.tokenizer
     if use_chat_template is None:
@@ -141,7 +143,7 @@ def generate_to_file(generator: Generator, prompts: Sequence[PromptRecord], out_
     out, side = Path(out_path), partial_path(out_path)
     engine = generator.engine_version()
     sampling = {**sampling_settings(settings), "engine": engine}
-    model_sha = model_hash(model_path)
+    model_sha = model_sha or model_hash(model_path)
     texts = []
     for p in prompts:
         try:

@@ -19,6 +19,7 @@ import importlib.util
 import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal, Optional, Sequence
 
 from harness.config import GenerateConfig, ModelConfig
@@ -31,6 +32,10 @@ from harness.registries import GENERATORS
 VLLM_CPU_HEAD_DIMS = (32, 256)
 # Generators tried, in order, by generator "auto".
 AUTO_ORDER = ("vllm", "transformers")
+# Config fields two checkpoints must share for one's weights to load into an engine built for the other.
+ARCHITECTURE_FIELDS = ("architectures", "model_type", "vocab_size", "hidden_size", "intermediate_size",
+                       "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim",
+                       "tie_word_embeddings")
 
 
 @dataclass(frozen=True)
@@ -90,15 +95,6 @@ def context_length(config: Any) -> Optional[int]:
     return getattr(text, "max_position_embeddings", None)
 
 
-def check_settings(settings: GenerateConfig) -> None:
-    """UserError for settings every engine would reject or silently mishandle (beyond GenerateConfig's ranges)."""
-    if settings.n > 1 and settings.temperature == 0:
-        raise UserError(f"generate.n={settings.n} with generate.temperature=0 (greedy) gives {settings.n} "
-                        "identical completions. Set generate.temperature > 0, or generate.n=1.")
-    if any(not s for s in settings.stop):
-        raise UserError("generate.stop: stop strings must not be empty.")
-
-
 class Generator(ABC):
     """Base of every registered generator: loads the tokenizer, checks prompts, frees memory on close().
 
@@ -127,6 +123,8 @@ class Generator(ABC):
         self.use_chat_template = use_chat_template
         self.config = model_config(model_path, trust_remote_code)
         self.tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+        # The folder whose weights the engine runs now (load_weights changes it).
+        self.weights_path = model_path
 
     @classmethod
     def unsupported_reason(cls, model_path: str, trust_remote_code: bool = False) -> Optional[str]:
@@ -141,9 +139,31 @@ class Generator(ABC):
     def generate(self, prompts: list[str], settings: GenerateConfig) -> list[list[Completion]]:
         """`settings.n` completions for each rendered prompt text, in prompt order."""
 
+    def load_weights(self, model_dir: str) -> None:
+        """Replace the running model's weights with those of `model_dir`, a Hugging Face folder of the
+        same architecture (a fine-tuned or merged copy of this model): no new engine is started."""
+        self.check_same_architecture(model_dir)
+        self._load_weights(model_dir)
+        self.weights_path = model_dir
+
+    @abstractmethod
+    def _load_weights(self, model_dir: str) -> None:
+        """The engine's own way of swapping in `model_dir`'s weights (architecture already checked)."""
+
+    def use_adapter(self, adapter_dir: Optional[str]) -> None:
+        """Generate through this LoRA adapter (peft folder) on top of the loaded weights; None = none.
+        Only generators built with adapter support (`max_lora_rank`) can."""
+        raise UserError(f"generator '{self.name}' cannot serve LoRA adapters: set generate.engine_reuse=reload.")
+
+    def check_same_architecture(self, model_dir: str) -> None:
+        mine, theirs = self.config.to_dict(), model_config(model_dir, self.trust_remote_code).to_dict()
+        differ = [k for k in ARCHITECTURE_FIELDS if mine.get(k) != theirs.get(k)]
+        if differ:
+            raise UserError(f"{model_dir}: cannot load its weights into the running {self.model_path} engine: "
+                            f"the configs differ in {', '.join(differ)}. Use generate.engine_reuse=restart.")
+
     def check(self, prompts: Sequence[str], settings: GenerateConfig, labels: Optional[Sequence[str]] = None) -> None:
         """UserError, before anything is generated, for settings or prompts this model cannot serve."""
-        check_settings(settings)
         limit = context_length(self.config)
         if limit is None:
             return
@@ -252,6 +272,24 @@ class TransformersGenerator(Generator):
         text, _ = cut_at_stop(decode(end), settings.stop)
         return Completion(text=text, token_ids=tuple(tokens[:end]), finish_reason="stop" if stopped else "length")
 
+    def _load_weights(self, model_dir: str) -> None:
+        import torch
+        from safetensors.torch import load_file
+
+        check_weights_safe(model_dir, allow_pickle_weights=False)
+        state: dict[str, Any] = {}
+        for f in sorted(Path(model_dir).glob("*.safetensors")):
+            state.update(load_file(f))
+        # Tied weights (lm_head = embed_tokens) appear once in the file and once in named_parameters().
+        needed = {n for n, _ in self.model.named_parameters()}
+        known = set(self.model.state_dict())
+        missing, unexpected = sorted(needed - set(state)), sorted(set(state) - known)
+        if missing or unexpected:
+            raise UserError(f"{model_dir}: its safetensors do not match the running model "
+                            f"(missing {missing[:3]}, unexpected {unexpected[:3]}). Use generate.engine_reuse=restart.")
+        with torch.no_grad():
+            self.model.load_state_dict(state, strict=False)
+
     def close(self) -> None:
         self.model = None
         super().close()
@@ -263,10 +301,15 @@ class VLLMGenerator(Generator):
 
     name = "vllm"
 
-    def __init__(self, model_path: str, **kwargs: Any) -> None:
+    def __init__(self, model_path: str, *, max_lora_rank: Optional[int] = None, **kwargs: Any) -> None:
+        """`max_lora_rank`: serve LoRA adapters up to this rank (`use_adapter`), one at a time."""
         super().__init__(model_path, **kwargs)
         import torch
 
+        self.adapter: Any = None  # the vllm LoRARequest in use, or None
+        self._adapter_ids: dict[str, int] = {}
+        lora = {} if max_lora_rank is None else {"enable_lora": True, "max_loras": 1,
+                                                 "max_lora_rank": vllm_lora_rank(max_lora_rank)}
         on_cpu = not torch.cuda.is_available()
         if on_cpu:
             # vLLM-CPU's default KV-cache reservation fails to start on small machines; 1 GiB is plenty
@@ -280,8 +323,9 @@ class VLLMGenerator(Generator):
             model=model_path, tokenizer=model_path, dtype=self.dtype, seed=0,
             tensor_parallel_size=self.tensor_parallel_size, trust_remote_code=self.trust_remote_code,
             # CPU: no graph capture or torch.compile (slow to start, no gain for small models).
-            enforce_eager=on_cpu,
+            enforce_eager=on_cpu, **lora,
         )
+        self.max_lora_rank = lora.get("max_lora_rank", 0)
 
     @classmethod
     def unsupported_reason(cls, model_path: str, trust_remote_code: bool = False) -> Optional[str]:
@@ -299,7 +343,25 @@ class VLLMGenerator(Generator):
     def engine_version(self) -> str:
         import vllm
 
-        return f"vllm-{vllm.__version__}"
+        # Through an adapter the numbers differ slightly from merged weights': a key of its own.
+        return f"vllm-{vllm.__version__}" + ("+lora" if self.adapter is not None else "")
+
+    def _load_weights(self, model_dir: str) -> None:
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_path": str(model_dir)})
+        # Cached prompt prefixes hold the old weights' keys and values.
+        self.llm.reset_prefix_cache()
+
+    def use_adapter(self, adapter_dir: Optional[str]) -> None:
+        if adapter_dir is None:
+            self.adapter = None
+            return
+        if not self.max_lora_rank:
+            raise UserError("this vLLM engine was started without LoRA support (max_lora_rank).")
+        from vllm.lora.request import LoRARequest
+
+        # vLLM caches adapters by id: a new folder gets a new id.
+        lora_id = self._adapter_ids.setdefault(str(adapter_dir), len(self._adapter_ids) + 1)
+        self.adapter = LoRARequest(f"adapter{lora_id}", lora_id, str(adapter_dir))
 
     def generate(self, prompts: list[str], settings: GenerateConfig) -> list[list[Completion]]:
         from vllm import SamplingParams
@@ -311,7 +373,7 @@ class VLLMGenerator(Generator):
             max_tokens=settings.max_new_tokens, seed=settings.seed, stop=list(settings.stop) or None,
         )
         inputs = [TokensPrompt(prompt_token_ids=encode_prompt(self.tokenizer, p, self.use_chat_template)) for p in prompts]
-        outputs = self.llm.generate(inputs, params, use_tqdm=False)
+        outputs = self.llm.generate(inputs, params, use_tqdm=False, lora_request=self.adapter)
         result = []
         for out in outputs:
             row = []
@@ -331,6 +393,16 @@ class VLLMGenerator(Generator):
         super().close()
 
 
+def vllm_lora_rank(rank: int) -> int:
+    """The smallest `max_lora_rank` vLLM accepts that holds `rank`."""
+    allowed = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+    fits = [r for r in allowed if r >= rank]
+    if not fits:
+        raise UserError(f"LoRA rank {rank}: vLLM serves adapters up to rank {allowed[-1]}. "
+                        "Use generate.engine_reuse=reload.")
+    return fits[0]
+
+
 def pick_generator(requested: str, model_path: str, trust_remote_code: bool = False) -> tuple[str, str]:
     """(generator name, why). 'auto' takes the first of AUTO_ORDER that can run the model here."""
     if requested != "auto":
@@ -347,14 +419,14 @@ def pick_generator(requested: str, model_path: str, trust_remote_code: bool = Fa
 
 
 def build_generator(model_path: str, model: ModelConfig, settings: GenerateConfig,
-                    console: Optional[Any] = None) -> Generator:
-    """The generator `settings.generator` names (or the one 'auto' picks, saying why on `console`)."""
-    check_settings(settings)  # before a model loads (vLLM takes a minute to start on a CPU)
+                    console: Optional[Any] = None, **options: Any) -> Generator:
+    """The generator `settings.generator` names (or the one 'auto' picks, saying why on `console`);
+    `options` go to its constructor (e.g. vLLM's `max_lora_rank`). Settings were checked at config load."""
     name, why = pick_generator(settings.generator, model_path, model.trust_remote_code)
     if console is not None:
         console.print(f"generator: [bold]{name}[/] ({why})")
     return GENERATORS.get(name)(
         model_path, dtype=model.dtype, trust_remote_code=model.trust_remote_code,
         allow_pickle_weights=model.allow_pickle_weights, tensor_parallel_size=settings.tensor_parallel_size,
-        use_chat_template=model.use_chat_template,
+        use_chat_template=model.use_chat_template, **options,
     )

@@ -9,7 +9,9 @@ registered class, built from a model folder and a `harness.config.ScorerConfig`:
 - `beaver`: PKU-Alignment's `LlamaForScore` reward and cost models, loaded natively (a
   `LlamaModel` plus the score head and normaliser read from the safetensors), no remote code.
 - `bradley-terry`: the project's own reward/cost models (trainers/scorer_training.py), a
-  sequence classifier plus `scorer.json` (template, max length, calibration offset).
+  sequence classifier plus `scorer.json` (harness/scorer_format.py: template, max length, calibration offset).
+- `chat-classifier` and `guard` (evaluators/chat_scorers.py): models that read the conversation
+  through their own chat template (Skywork-Reward-V2 reward models, Llama Guard moderation models).
 
 Sign conventions: reward higher = more helpful; cost higher = more harmful; a response is safe when
 cost <= threshold (default 0, as safe-rlhf uses). Scores are checked: a non-finite value or an
@@ -21,24 +23,19 @@ from __future__ import annotations
 import math
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Sequence, Union
+from typing import Any, Sequence
 
 import torch
 
 from harness.config import ScorerConfig
-from harness.data import render_prompt
 from harness.errors import UserError
-from harness.models import check_weights_safe, load_kwargs
-from harness.records import Message, PreferencePair
+from harness.models import check_weights_safe, default_device, load_kwargs
+from harness.records import PreferencePair
 from harness.registries import SCORERS
-from harness.registry import Registry
-
-# A prompt is a conversation ending with the user's message, or plain text (one user message).
-Prompt = Union[str, Sequence[Message]]
-# What one scorer input becomes before padding: token ids and whatever else the model takes.
-Encoding = dict[str, list[int]]
-
-SCORER_FILE = "scorer.json"
+# How a pair is encoded and scorer.json: shared with the scorer trainer, so they live in the floor.
+from harness.scorer_format import (PROMPT_TEMPLATES, SCORER_FILE, Encoding, Prompt, as_messages,  # noqa: F401
+                                   encode_pair, read_scorer_file)
+from harness.registry import suggest
 
 
 class ScoreError(UserError):
@@ -48,63 +45,23 @@ class ScoreError(UserError):
         super().__init__(f"scorer {scorer}: {reason} (input row {row}).")
         self.scorer, self.reason, self.row = scorer, reason, row
 
-
-def as_messages(prompt: Prompt) -> list[Message]:
-    """Chat messages; a string is one user message. A system message is merged into the first
-    user turn, because neither HH-RLHF's nor beaver's format has a place for it."""
-    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else [dict(m) for m in prompt]
-    if messages and messages[0].get("role") == "system":
-        system, rest = messages[0], messages[1:]
-        if rest and rest[0].get("role") == "user":
-            rest[0] = {"role": "user", "content": f"{system['content']}\n\n{rest[0]['content']}"}
-            return rest
-        return [{"role": "user", "content": system["content"]}, *rest]
-    return messages
-
-
-# --------------------------------------------------------------------------------------------
-# Prompt templates: how a conversation becomes the first text of a (prompt, response) text pair.
-# --------------------------------------------------------------------------------------------
-
-PROMPT_TEMPLATES: Registry[Callable[[list[Message]], str]] = Registry("prompt template")
-
-
-@PROMPT_TEMPLATES.register("hh")
-def hh_template(messages: list[Message]) -> str:
-    """Anthropic HH-RLHF dialogue text, '\\n\\nHuman: ...\\n\\nAssistant: ...', ending '\\n\\nAssistant:'."""
-    return render_prompt(messages, None, use_chat_template=False)
-
-
-@PROMPT_TEMPLATES.register("qa")
-def qa_template(messages: list[Message]) -> str:
-    """The question alone for a one-turn prompt (OpenAssistant's reward models take question,
-    answer pairs); HH dialogue text for longer conversations."""
-    if len(messages) == 1:
-        return messages[0]["content"]
-    return hh_template(messages)
-
-
-def encode_pair(tokenizer: Any, template: str, prompt: Prompt, response: str, max_length: int) -> Encoding:
-    """Token ids of the text pair (rendered prompt, response), cut to `max_length` tokens.
-
-    Truncation removes tokens from the left of the longer text first, so the response and the end
-    of the conversation (what a preference is about) survive. Used by training and scoring alike.
-    """
-    tokenizer.truncation_side = "left"
-    messages = as_messages(prompt)
-    if not messages or messages[-1]["role"] != "user":
-        raise UserError(f"scorer input: the prompt must end with the user's message, got {messages[-1:]!r}.")
-    text = PROMPT_TEMPLATES.get(template)(messages)
-    return dict(tokenizer(text, response, truncation="longest_first", max_length=max_length))
-
-
 # --------------------------------------------------------------------------------------------
 # The interface.
 # --------------------------------------------------------------------------------------------
 
 
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def scorer_options(config: ScorerConfig, defaults: dict[str, Any]) -> dict[str, Any]:
+    """`config.options` over `defaults` (a scorer class's OPTIONS); an unknown key or a value of
+    another type is a UserError naming `scorers.<name>.options.<key>`."""
+    for key, value in config.options.items():
+        where = f"scorers.{config.name}.options.{key}"
+        if key not in defaults:
+            raise UserError(f"config key '{where}': unknown option of scorer type {config.type}."
+                            f"{suggest(key, list(defaults))} Valid: {', '.join(defaults) or '(none)'}.")
+        want = type(defaults[key])
+        if not isinstance(value, want) or isinstance(value, bool) != (want is bool):
+            raise UserError(f"config key '{where}': expected {want.__name__}, got {value!r}.")
+    return {**defaults, **config.options}
 
 
 class Scorer:
@@ -117,11 +74,19 @@ class Scorer:
 
     score_type: str
     threshold: float
+    # The options a scorer type takes (`scorers.<name>.options`), with their defaults.
+    OPTIONS: dict[str, Any] = {}
+
+    @classmethod
+    def check_config(cls, config: ScorerConfig) -> None:
+        """UserError for options this scorer type does not take (checked when the config loads)."""
+        scorer_options(config, cls.OPTIONS)
 
     def __init__(self, path: str, config: ScorerConfig) -> None:
         if not Path(path).is_dir():
             raise UserError(f"scorer '{config.name}': model folder '{path}' does not exist. "
                             f"Point scorers.{config.name}.path (or --scorer TYPE:PATH) at a model folder.")
+        self.check_config(config)
         self.name = config.name
         self.path = path
         self.score_type = config.score_type
@@ -145,6 +110,11 @@ class Scorer:
 
     def _forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError
+
+    def metadata(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> list[dict[str, Any]] | None:
+        """Extra fields for each score row (e.g. the category a guard names), or None when the scorer
+        records none."""
+        return None
 
     @torch.no_grad()
     def score(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> list[float]:
@@ -208,17 +178,12 @@ class BradleyTerryScorer(HFClassifierScorer):
 
     def __init__(self, path: str, config: ScorerConfig) -> None:
         meta_path = Path(path) / SCORER_FILE
-        if not meta_path.is_file():
-            raise UserError(f"scorer '{config.name}': {meta_path} not found; is {path} a folder written by "
-                            "`bdpo train-scorer`? For other classifiers use type hf-classifier.")
-        from harness.io import read_json
-
-        self.meta = read_json(meta_path)
+        self.meta = read_scorer_file(path, config.name)
         super().__init__(path, config)
         self._check_score_type(self.meta["score_type"], str(meta_path))
         self.template = self.meta["template"]
         self.max_length = int(self.meta["max_length"])
-        # Calibration shift fixed at training time (see trainers/scorer_training.py), so 0 is meaningful.
+        # Calibration shift fixed by the scorer stage (see evaluators/scorer_calibration.py), so 0 is meaningful.
         self.offset = float(self.meta["offset"])
         self.info.update(template=self.template, offset=self.offset, heldout=self.meta.get("heldout"),
                          sign_inverted=self.meta.get("sign_inverted", False))

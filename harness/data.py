@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import os
 import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterator, Literal, NamedTuple, Sequence, Union
+from typing import Any, Callable, Iterable, Iterator, Literal, Mapping, NamedTuple, Optional, Sequence, TypeVar, Union
 
 from harness.config import ConfigError, DataConfig, DataSourceConfig, check_kwargs
 from harness.errors import UserError
@@ -82,23 +84,34 @@ _FIELD = object()  # Row.text's default: read the named field itself
 
 @dataclass(frozen=True)
 class Row:
-    """One input record. `where` names it in errors; `key` becomes the pair id's suffix."""
+    """One input record. `where` names it in errors; `key` becomes the pair id's suffix.
+
+    `renamed` maps a field to the file's column it was read from (the source's `columns`), so
+    errors name the column the user sees in the file.
+    """
 
     where: str
     key: str
     data: dict[str, Any]
+    renamed: Mapping[str, str] = field(default_factory=dict)
+
+    def label(self, name: str, what: str = "") -> str:
+        """The words "field '<name as in the file><what>'" for error messages."""
+        return f"field '{self.renamed.get(name, name)}{what}'"
 
     def get(self, name: str, expected: Sequence[str]) -> Any:
         """The field's value; a missing field names the closest present one."""
-        if name not in self.data:
-            raise UserError(f"{self.where}: missing field '{name}'.{suggest(name, list(self.data))} "
+        if name not in self.data:  # (a renamed column is never missing: rename_columns checks it)
+            present = [self.renamed.get(k, k) for k in self.data]
+            expected = [self.renamed.get(k, k) for k in expected]
+            raise UserError(f"{self.where}: missing field '{name}'.{suggest(name, present)} "
                             f"Expected fields: {', '.join(expected)}.")
         return self.data[name]
 
     def text(self, name: str, expected: Sequence[str], value: Any = _FIELD, what: str = "") -> str:
         """A non-empty string field (or `value`, found inside it at `what`), stripped."""
         value = self.get(name, expected) if value is _FIELD else value
-        label = f"field '{name}{what}'"
+        label = self.label(name, what)
         if not isinstance(value, str):
             raise UserError(f"{self.where}: {label} must be a string, got {type(value).__name__}. Fix that row.")
         if not value.strip():
@@ -107,6 +120,29 @@ class Row:
 
     def fail(self, message: str) -> UserError:
         return UserError(f"{self.where}: {message}")
+
+
+def rename_columns(rows: Iterable[Row], columns: Mapping[str, str]) -> Iterator[Row]:
+    """The rows with their columns renamed by `columns` ({column in the file: field}), all at once
+    (so two columns may swap names). Every mapped column must be in every row; two columns that
+    would end with one name are an error."""
+    if not columns:
+        yield from rows
+        return
+    for row in rows:
+        for column in columns:
+            if column not in row.data:
+                raise row.fail(f"missing field '{column}' (the source's `columns` maps it to '{columns[column]}')."
+                               f"{suggest(column, list(row.data))} Fields in this row: {', '.join(row.data)}.")
+        data: dict[str, Any] = {}
+        origin: dict[str, str] = {}
+        for column, value in row.data.items():
+            name = columns.get(column, column)
+            if name in data:
+                raise row.fail(f"columns '{origin[name]}' and '{column}' would both be field '{name}'. "
+                               f"Map only one of them to '{name}' in the source's `columns`.")
+            data[name], origin[name] = value, column
+        yield Row(row.where, row.key, data, {name: col for name, col in origin.items() if name != col})
 
 
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz")
@@ -177,18 +213,19 @@ def hub_rows(name: str, split: str) -> Iterator[Row]:
 
 
 def source_rows(source: DataSourceConfig) -> Iterator[Row]:
-    """Rows of a source's `path`: a local file, else a Hub data set name (options.split, default train)."""
+    """Rows of a source's `path`: a local file, else a Hub data set name (options.split, default train),
+    with the source's `columns` renamed."""
     if not source.path:
         raise UserError(f"data source '{source_name(source)}' ({source.format}): `path` is empty. "
                         f"Set it to a file or a Hugging Face data set name.")
     path = Path(source.path).expanduser()
     if path.exists() or _looks_like_path(source.path):
-        return file_rows(path)
-    return hub_rows(source.path, source.options.get("split", "train"))
+        return rename_columns(file_rows(path), source.columns)
+    return rename_columns(hub_rows(source.path, source.options.get("split", "train")), source.columns)
 
 
 def source_name(source: DataSourceConfig) -> str:
-    return source.name or source.format
+    return source.label
 
 
 # --------------------------------------------------------------------------------------------
@@ -202,23 +239,29 @@ def user_prompt(text: str) -> tuple[Message, ...]:
     return ({"role": "user", "content": text},)
 
 
-def check_messages(row: Row, name: str, value: Any) -> tuple[Message, ...]:
-    """A conversation field: a non-empty list of {"role", "content"} ending with the user's turn."""
+def check_conversation(row: Row, name: str, value: Any) -> tuple[Message, ...]:
+    """A conversation field: a non-empty list of {"role", "content"} messages, contents stripped."""
     if not isinstance(value, list) or not value:
-        raise row.fail(f"field '{name}' must be a string or a non-empty list of messages, got {value!r:.60}.")
+        raise row.fail(f"{row.label(name)} must be a string or a non-empty list of messages, got {value!r:.60}.")
     messages = []
     for i, m in enumerate(value):
         if not isinstance(m, dict) or "role" not in m or "content" not in m:
-            raise row.fail(f"field '{name}[{i}]' must be an object with 'role' and 'content', got {m!r:.60}.")
+            raise row.fail(f"{row.label(name, f'[{i}]')} must be an object with 'role' and 'content', got {m!r:.60}.")
         if m["role"] not in ROLES:
-            raise row.fail(f"field '{name}[{i}].role' is {m['role']!r}.{suggest(str(m['role']), list(ROLES))} "
+            raise row.fail(f"{row.label(name, f'[{i}].role')} is {m['role']!r}.{suggest(str(m['role']), list(ROLES))} "
                            f"Use one of: {', '.join(ROLES)}.")
         if not isinstance(m["content"], str):
-            raise row.fail(f"field '{name}[{i}].content' must be a string, got {type(m['content']).__name__}.")
+            raise row.fail(f"{row.label(name, f'[{i}].content')} must be a string, got {type(m['content']).__name__}.")
         messages.append({"role": m["role"], "content": m["content"].strip()})
-    if messages[-1]["role"] != "user" or not messages[-1]["content"]:
-        raise row.fail(f"field '{name}' must end with a non-empty user message (the turn being answered).")
     return tuple(messages)
+
+
+def check_messages(row: Row, name: str, value: Any) -> tuple[Message, ...]:
+    """A prompt conversation field: a non-empty list of {"role", "content"} ending with the user's turn."""
+    messages = check_conversation(row, name, value)
+    if messages[-1]["role"] != "user" or not messages[-1]["content"]:
+        raise row.fail(f"{row.label(name)} must end with a non-empty user message (the turn being answered).")
+    return messages
 
 
 def check_reply(row: Row, name: str, expected: Sequence[str]) -> str:
@@ -226,7 +269,7 @@ def check_reply(row: Row, name: str, expected: Sequence[str]) -> str:
     value = row.get(name, expected)
     if isinstance(value, list):
         if len(value) != 1 or not isinstance(value[0], dict) or value[0].get("role") != "assistant":
-            raise row.fail(f"field '{name}' must be a string or a list with one assistant message, got {value!r:.80}.")
+            raise row.fail(f"{row.label(name)} must be a string or a list with one assistant message, got {value!r:.80}.")
         return row.text(name, expected, value[0].get("content"), what="[0].content")
     return row.text(name, expected, value)
 
@@ -236,6 +279,17 @@ def check_reply(row: Row, name: str, expected: Sequence[str]) -> str:
 # --------------------------------------------------------------------------------------------
 
 Item = Union[PreferencePair, Drop]
+Loader = TypeVar("Loader", bound=Callable[..., Iterator[Item]])
+
+
+def reads(*fields: str) -> Callable[[Loader], Loader]:
+    """Mark a loader with the row fields it reads: the names a source's `columns` may map to."""
+    def mark(loader: Loader) -> Loader:
+        loader.fields = fields  # type: ignore[attr-defined]
+        return loader
+
+    return mark
+
 
 HUMAN, ASSISTANT = "\n\nHuman:", "\n\nAssistant:"
 _HH_TURN = re.compile(r"(\n\nHuman:|\n\nAssistant:)")
@@ -276,7 +330,7 @@ def hh_pair(row: Row, source: str, subset: str) -> Item:
     cut_c, cut_r = chosen.rfind(ASSISTANT), rejected.rfind(ASSISTANT)
     for name, cut in (("chosen", cut_c), ("rejected", cut_r)):
         if cut < 0:
-            raise row.fail(f"field '{name}' has no '\\n\\nAssistant:' turn; hh-rlhf rows are whole dialogues "
+            raise row.fail(f"{row.label(name)} has no '\\n\\nAssistant:' turn; hh-rlhf rows are whole dialogues "
                            f"('\\n\\nHuman: ...\\n\\nAssistant: ...'). Use format 'preference' for prompt/chosen/rejected.")
     if chosen[:cut_c] != rejected[:cut_r]:
         return Drop("dialogues differ before the last assistant turn")
@@ -288,7 +342,7 @@ def hh_pair(row: Row, source: str, subset: str) -> Item:
     try:
         prompt = parse_hh_dialogue(chosen[:cut_c])
     except ValueError as e:
-        raise row.fail(f"field 'chosen': {e}. Is this really HH-RLHF data?") from None
+        raise row.fail(f"{row.label('chosen')}: {e}. Is this really HH-RLHF data?") from None
     if not prompt or prompt[-1]["role"] != "user" or not prompt[-1]["content"]:
         return Drop("prompt does not end with a human turn")
     return PreferencePair(id=f"{source}:{row.key}", prompt=tuple(prompt), chosen=reply_c, rejected=reply_r,
@@ -296,6 +350,7 @@ def hh_pair(row: Row, source: str, subset: str) -> Item:
 
 
 @DATA_FORMATS.register("hh-rlhf")
+@reads(*HH_FIELDS)
 def load_hh_rlhf(source: DataSourceConfig, *, subsets: tuple[str, ...] = ()) -> Iterator[Item]:
     """Anthropic HH-RLHF whole dialogues: a .jsonl(.gz) file, or a folder of <subset>/*.jsonl.gz.
 
@@ -310,25 +365,27 @@ def load_hh_rlhf(source: DataSourceConfig, *, subsets: tuple[str, ...] = ()) -> 
             yield hh_pair(row, source_name(source), source.path)
         return
     for file, prefix in _hh_files(path, subsets):
-        for row in file_rows(file, prefix):
+        for row in rename_columns(file_rows(file, prefix), source.columns):
             yield hh_pair(row, source_name(source), file.parent.name)
 
 
 PKU_FIELDS = ("prompt", "response_0", "response_1", "is_response_0_safe", "is_response_1_safe",
               "better_response_id", "safer_response_id")
+PKU_OPTIONAL = ("response_0_severity_level", "response_1_severity_level", "response_0_harm_category",
+                "response_1_harm_category")
 
 
 def _response_id(row: Row, name: str) -> int:
     value = row.get(name, PKU_FIELDS)
     if isinstance(value, bool) or value not in (0, 1):
-        raise row.fail(f"field '{name}' must be 0 or 1, got {value!r}.")
+        raise row.fail(f"{row.label(name)} must be 0 or 1, got {value!r}.")
     return int(value)
 
 
 def _flag(row: Row, name: str) -> bool:
     value = row.get(name, PKU_FIELDS)
     if not isinstance(value, bool):
-        raise row.fail(f"field '{name}' must be true or false, got {value!r}.")
+        raise row.fail(f"{row.label(name)} must be true or false, got {value!r}.")
     return value
 
 
@@ -340,6 +397,7 @@ def _harm_categories(value: Any) -> Any:
 
 
 @DATA_FORMATS.register("pku-saferlhf")
+@reads(*PKU_FIELDS, *PKU_OPTIONAL)
 def load_pku_saferlhf(source: DataSourceConfig, *, pair_by: Literal["safer", "better"] = "safer") -> Iterator[Item]:
     """PKU-SafeRLHF, full schema (JSON, JSONL or Parquet, or the Hub name); pair_by safer|better.
 
@@ -369,6 +427,7 @@ DERIVED_FIELDS = ("prompt", "response")
 
 
 @DATA_FORMATS.register("pku-saferlhf-derived")
+@reads(*DERIVED_FIELDS)
 def load_pku_saferlhf_derived(source: DataSourceConfig) -> Iterator[Item]:
     """PKU-SafeRLHF pairs: a JSON list (or JSONL) of {"prompt", "response"}, response = two strings, safer first."""
     name = source_name(source)
@@ -376,44 +435,250 @@ def load_pku_saferlhf_derived(source: DataSourceConfig) -> Iterator[Item]:
         prompt = row.text("prompt", DERIVED_FIELDS)
         value = row.get("response", DERIVED_FIELDS)
         if not isinstance(value, list) or len(value) != 2:
-            raise row.fail(f"field 'response' must be a list [safer, less_safe] of two strings, got {value!r:.60}.")
+            raise row.fail(f"{row.label('response')} must be a list [safer, less_safe] of two strings, got {value!r:.60}.")
         chosen, rejected = (row.text("response", DERIVED_FIELDS, v, what=f"[{i}]") for i, v in enumerate(value))
         yield PreferencePair(id=f"{name}:{row.key}", prompt=user_prompt(prompt), chosen=chosen, rejected=rejected,
                              source=name, meta={"pair_by": "safer"})
 
 
 PREFERENCE_FIELDS = ("prompt", "chosen", "rejected")
+REPLIES = ("chosen", "rejected")
+PAIR_SCORES = ("score_chosen", "score_rejected")
+# Every field the `preference` format reads (the targets a source's `columns` may name).
+PREFERENCE_ALL_FIELDS = PREFERENCE_FIELDS + ("system", "meta") + PAIR_SCORES
+
+# A layout reads one row shape of the `preference` format (the table in docs/data.md) into
+# (prompt messages, chosen reply, rejected reply); its docstring's first line names it.
+Parsed = tuple[tuple[Message, ...], str, str]
+Layout = Callable[[Row], Parsed]
+
+# (prompt kind, reply kind) -> the layout reading such rows. Prompt kinds: "none" (no field), "text",
+# "messages". Reply kinds (chosen and rejected together): "text"; "reply" (lists of one assistant
+# message, or one such list and one string); "conversation" (whole conversations).
+LAYOUTS: dict[tuple[str, str], Layout] = {}
+
+
+def layout(*kinds: tuple[str, str]) -> Callable[[Layout], Layout]:
+    """Register a layout for the (prompt kind, reply kind) combinations it reads."""
+    def add(parse: Layout) -> Layout:
+        for kind in kinds:
+            if kind in LAYOUTS:
+                raise ValueError(f"preference layout {kind} is registered twice")
+            LAYOUTS[kind] = parse
+        return parse
+
+    return add
+
+
+def _prompt_kind(row: Row) -> str:
+    if "prompt" not in row.data:
+        return "none"
+    value = row.data["prompt"]
+    return "text" if isinstance(value, str) else "messages" if isinstance(value, list) else "other"
+
+
+def _reply_kind(value: Any) -> str:
+    if isinstance(value, str):
+        return "text"
+    if isinstance(value, list):
+        single = len(value) == 1 and isinstance(value[0], dict) and value[0].get("role") == "assistant"
+        return "reply" if single else "conversation"
+    return "other"
+
+
+_KIND_WORDS = {"text": "a string", "reply": "one assistant message", "conversation": "a conversation"}
+
+
+def row_layout(row: Row) -> Layout:
+    """The layout of a `preference` row, from the kinds of its prompt and replies; else a one-line error."""
+    values = [row.get(f, PREFERENCE_FIELDS) for f in REPLIES]
+    kinds = [_reply_kind(v) for v in values]
+    replies = kinds[0] if kinds[0] == kinds[1] else "reply" if set(kinds) == {"text", "reply"} else "mixed"
+    found = LAYOUTS.get((_prompt_kind(row), replies))
+    if found:
+        return found
+    if _prompt_kind(row) == "other":
+        raise row.fail(f"{row.label('prompt')} must be a string or a non-empty list of messages, "
+                       f"got {row.data['prompt']!r:.60}.")
+    for name, value, kind in zip(REPLIES, values, kinds):
+        if kind == "other":
+            raise row.fail(f"{row.label(name)} must be a string or a list of messages, got {type(value).__name__}. "
+                           f"Fix that row.")
+    if replies == "mixed":
+        raise row.fail(f"{row.label('chosen')} is {_KIND_WORDS[kinds[0]]} but {row.label('rejected')} is "
+                       f"{_KIND_WORDS[kinds[1]]}; give both as replies (a string or one assistant message) or both as "
+                       f"whole conversations.")
+    # What is left: no prompt, and chosen/rejected are single assistant messages (TRL's explicit form).
+    raise row.fail(f"missing field 'prompt'. {row.label('chosen')} and {row.label('rejected')} are single assistant "
+                   f"messages, so the row needs the prompt they answer{NO_PROMPT_HINT}")
+
+
+def split_shared_messages(row: Row, chosen: tuple[Message, ...], rejected: tuple[Message, ...]) -> Parsed:
+    """Implicit prompt of two conversations: their shared leading messages (TRL's extract_prompt);
+    after them each must hold exactly one assistant message, the reply."""
+    n, limit = 0, min(len(chosen), len(rejected)) - 1  # each keeps at least its last message
+    while n < limit and chosen[n] == rejected[n]:
+        n += 1
+    if n == 0:
+        raise row.fail(f"{row.label('chosen')} and {row.label('rejected')} share no prompt: their first messages "
+                       f"differ. Give both the whole conversation, or the prompt in a 'prompt' field{NO_PROMPT_HINT}")
+    for name, rest in zip(REPLIES, (chosen[n:], rejected[n:])):
+        if len(rest) != 1 or rest[0]["role"] != "assistant":
+            raise row.fail(f"{row.label(name)}: after the {n} messages shared with the other reply, expected one "
+                           f"assistant message (the reply), got roles {[m['role'] for m in rest]}.")
+    prompt = chosen[:n]
+    if prompt[-1]["role"] != "user" or not prompt[-1]["content"]:
+        raise row.fail(f"the prompt that {row.label('chosen')} and {row.label('rejected')} share must end with a "
+                       f"non-empty user message, got {prompt[-1]!r:.60}.")
+    replies = (row.text(name, REPLIES, conv[n]["content"], what=f"[{n}].content")
+               for name, conv in zip(REPLIES, (chosen, rejected)))
+    return (prompt, *replies)
+
+
+_LAST_SPACE = re.compile(r"\s\S*\Z")
+NO_PROMPT_HINT = " (or map the file's prompt column to it with the source's `columns`, e.g. {question: prompt})."
+
+
+def split_shared_text(row: Row, chosen: str, rejected: str) -> Parsed:
+    """Implicit prompt of two plain texts: their shared start, cut back to a word boundary (TRL takes
+    the shared characters and may cut inside a word); the prompt becomes one user message."""
+    shared = os.path.commonprefix([chosen, rejected])
+    space = _LAST_SPACE.search(shared)
+    prompt = chosen[:space.start() if space else 0].strip()
+    if not prompt:
+        raise row.fail(f"{row.label('chosen')} and {row.label('rejected')} share no prompt: they differ from the "
+                       f"first word. Start both with the same prompt text, or give it in a 'prompt' field{NO_PROMPT_HINT}")
+    # Both replies keep a word: the cut is at a space inside the shared start, and texts are stripped.
+    return user_prompt(prompt), chosen[len(prompt):].strip(), rejected[len(prompt):].strip()
+
+
+@layout(("text", "text"), ("text", "reply"), ("messages", "text"), ("messages", "reply"))
+def explicit_prompt(row: Row) -> Parsed:
+    """Explicit prompt (TRL's standard and conversational forms).
+
+    prompt: a string or messages ending with the user's; chosen/rejected: strings or one assistant message.
+    """
+    value = row.data["prompt"]
+    prompt = user_prompt(row.text("prompt", PREFERENCE_FIELDS)) if isinstance(value, str) \
+        else check_messages(row, "prompt", value)
+    chosen, rejected = (check_reply(row, f, PREFERENCE_FIELDS) for f in REPLIES)
+    return prompt, chosen, rejected
+
+
+@layout(("none", "text"))
+def implicit_text(row: Row) -> Parsed:
+    """Implicit prompt, texts (TRL's standard form).
+
+    chosen/rejected: whole texts. HH-style dialogues ("Human: ...\\n\\nAssistant: ...") are parsed
+    into turns and share their turns up to the last assistant one; other texts share their start."""
+    chosen, rejected = (row.text(f, REPLIES) for f in REPLIES)
+    if all(("\n\n" + t).startswith(HUMAN) for t in (chosen, rejected)):
+        return split_shared_messages(row, *(tuple(parse_hh_dialogue("\n\n" + t)) for t in (chosen, rejected)))
+    return split_shared_text(row, chosen, rejected)
+
+
+@layout(("none", "conversation"))
+def implicit_conversation(row: Row) -> Parsed:
+    """Implicit prompt, conversations (TRL's conversational form).
+
+    chosen/rejected: whole conversations; the prompt is the messages they share.
+    """
+    chosen, rejected = (check_conversation(row, f, row.data[f]) for f in REPLIES)
+    return split_shared_messages(row, chosen, rejected)
+
+
+@layout(("text", "conversation"), ("messages", "conversation"))
+def prompt_and_conversations(row: Row) -> Parsed:
+    """A prompt and whole conversations (UltraFeedback-binarized).
+
+    chosen/rejected: whole conversations, whose shared messages are the prompt; `prompt` must agree
+    with them (a string: the last user message; messages: all of the shared ones)."""
+    prompt, chosen, rejected = implicit_conversation(row)
+    value = row.data["prompt"]
+    given, shared = (row.text("prompt", PREFERENCE_FIELDS), prompt[-1]["content"]) if isinstance(value, str) \
+        else (check_messages(row, "prompt", value), prompt)
+    if given != shared:
+        raise row.fail(f"{row.label('prompt')} does not match what {row.label('chosen')} and {row.label('rejected')} "
+                       f"share before their replies ({shared!r:.60}). Fix that row.")
+    return prompt, chosen, rejected
+
+
+def with_system(row: Row, prompt: tuple[Message, ...]) -> tuple[Message, ...]:
+    """The prompt after the optional `system` field's text as a leading system message (an empty
+    `system`, common in orca_dpo_pairs, adds none)."""
+    value = row.data.get("system")
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return prompt
+    system = row.text("system", PREFERENCE_ALL_FIELDS, value)
+    if prompt[0]["role"] == "system":
+        raise row.fail(f"{row.label('system')} is set but the prompt already starts with a system message. "
+                       f"Keep one of them.")
+    return ({"role": "system", "content": system}, *prompt)
+
+
+def pair_scores(row: Row) -> dict[str, float]:
+    """score_chosen and score_rejected (both or neither; finite numbers), for the pair's meta."""
+    if not any(f in row.data for f in PAIR_SCORES):
+        return {}
+    scores = {}
+    for name in PAIR_SCORES:
+        value = row.get(name, PAIR_SCORES)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise row.fail(f"{row.label(name)} must be a finite number, got {value!r:.40}.")
+        scores[name] = float(value)
+    return scores
 
 
 def preference_pair(row: Row, source: str) -> PreferencePair:
-    """TRL's explicit-prompt preference row, standard or conversational, plus an optional `meta` object."""
-    value = row.get("prompt", PREFERENCE_FIELDS)
-    prompt = user_prompt(row.text("prompt", PREFERENCE_FIELDS)) if isinstance(value, str) \
-        else check_messages(row, "prompt", value)
-    chosen, rejected = (check_reply(row, f, PREFERENCE_FIELDS) for f in ("chosen", "rejected"))
+    """A `preference` row in any of its layouts, with the optional `system`, score and `meta` fields."""
+    prompt, chosen, rejected = row_layout(row)(row)
     meta = row.data.get("meta") or {}
     if not isinstance(meta, dict):
-        raise row.fail(f"field 'meta' must be an object, got {type(meta).__name__}.")
-    return PreferencePair(id=f"{source}:{row.key}", prompt=prompt, chosen=chosen, rejected=rejected,
-                          source=source, meta=dict(meta))
+        raise row.fail(f"{row.label('meta')} must be an object, got {type(meta).__name__}.")
+    return PreferencePair(id=f"{source}:{row.key}", prompt=with_system(row, prompt), chosen=chosen,
+                          rejected=rejected, source=source, meta={**meta, **pair_scores(row)})
 
 
 @DATA_FORMATS.register("preference")
-def load_preference(source: DataSourceConfig) -> Iterator[Item]:
-    """Generic prompt/chosen/rejected (TRL's standard or conversational form) in JSON, JSONL or Parquet.
+@reads(*PREFERENCE_ALL_FIELDS)
+def load_preference(source: DataSourceConfig, *, min_score_margin: Optional[float] = None) -> Iterator[Item]:
+    """Prompt/chosen/rejected in TRL's four forms or UltraFeedback-binarized's; JSON, JSONL or Parquet.
 
-    Standard: all three are strings. Conversational: prompt is a list of {"role", "content"}
-    messages ending with the user's; chosen/rejected are strings or a list with one assistant
-    message. An optional `meta` object per row is kept.
+    Layouts (LAYOUTS; docs/data.md has an example row of each): an explicit `prompt` (a string, or
+    messages ending with the user's) with chosen/rejected as strings or one assistant message; no
+    prompt, with chosen/rejected as whole texts or whole conversations (the prompt is what they
+    share); a `prompt` and whole conversations (checked to agree). Optional fields: `system` (a
+    leading system message), `score_chosen` and `score_rejected` (kept in meta), `meta` (kept).
+    Option `min_score_margin`: drop (counted) pairs whose score_chosen - score_rejected is below it.
+    Other layouts load through the source's `columns` mapping.
     """
+    name = source_name(source)
+    dropped = f"score margin below {min_score_margin:g}" if min_score_margin is not None else ""
     for row in source_rows(source):
-        yield preference_pair(row, source_name(source))
+        pair = preference_pair(row, name)
+        if min_score_margin is not None:
+            if PAIR_SCORES[0] not in pair.meta:
+                raise row.fail(f"option min_score_margin needs {row.label(PAIR_SCORES[0])} and "
+                               f"{row.label(PAIR_SCORES[1])}; this row has neither. Remove the option or add the scores.")
+            if pair.meta["score_chosen"] - pair.meta["score_rejected"] < min_score_margin:
+                yield Drop(dropped)
+                continue
+        yield pair
+
+
+def _check_preference_params(*, min_score_margin: Optional[float] = None) -> None:
+    if min_score_margin is not None and min_score_margin < 0:
+        raise ValueError("min_score_margin: must be at least 0 (it is score_chosen - score_rejected)")
+
+
+load_preference.check_params = _check_preference_params  # type: ignore[attr-defined]
 
 
 BUILTIN_SAFETY_FILE = "safety_smoke.jsonl"
 
 
 @DATA_FORMATS.register("builtin-safety")
+@reads()
 def load_builtin_safety(source: DataSourceConfig) -> Iterator[Item]:
     """Embedded smoke-scale safety set (helpful and harmful requests, written by this project; not a benchmark).
 
@@ -447,11 +712,22 @@ def check_options(source: DataSourceConfig) -> dict[str, Any]:
     return options
 
 
+def check_columns(source: DataSourceConfig) -> None:
+    """ConfigError for a `columns` target that is not a field the source's format reads."""
+    fields = list(getattr(DATA_FORMATS.get(source.format), "fields", ()))  # set by @reads
+    for column, target in source.columns.items():
+        if target not in fields:
+            raise ConfigError(f"config key 'data.sources.{source_name(source)}.columns.{column}': '{target}' is not a "
+                              f"field of format '{source.format}'.{suggest(target, fields)} "
+                              f"Fields: {', '.join(fields) or '(none)'}.")
+
+
 def load_source(source: DataSourceConfig) -> LoadResult:
     """All pairs of one source (chosen == rejected dropped, at most max_pairs), with its report."""
     name = source_name(source)
     loader = DATA_FORMATS.get(source.format)
     options = check_options(source)
+    check_columns(source)
     report = LoadReport(source=name, format=source.format, path=source.path)
     pairs: list[PreferencePair] = []
     for item in loader(source, **options):
@@ -474,10 +750,6 @@ def load_source(source: DataSourceConfig) -> LoadResult:
 
 def load_sources(data: DataConfig) -> tuple[list[PreferencePair], list[LoadReport]]:
     """Pairs of every source, in config order, and one report per source."""
-    names = [source_name(s) for s in data.sources]
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise ConfigError(f"config key 'data.sources': duplicate source names {dupes}; give each a distinct `name`.")
     pairs: list[PreferencePair] = []
     reports = []
     for source in data.sources:

@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -37,6 +38,27 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yield an empty temporary folder `.<name>.<pid>.tmp` next to `path`; move it onto `path` only if
+    the block succeeds. A non-empty `path` is refused unless `overwrite` (it is then replaced)."""
+    final = Path(path)
+    if final.exists() and any(final.iterdir()) and not overwrite:
+        raise UserError(f"{final}: already exists and is not empty. Choose another folder (--out), or pass "
+                        "--overwrite to replace it.")
+    tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

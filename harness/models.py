@@ -10,11 +10,14 @@ from __future__ import annotations
 import importlib.util
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from harness.errors import UserError
 from harness.io import atomic_write_json, read_json, sha256_json, sha256_tree
 from harness.registry import Registry
+
+if TYPE_CHECKING:
+    import torch
 
 # name -> function(target_dir) that writes a Hugging Face folder there.
 BUILTIN_MODELS: Registry[Callable[[Path], None]] = Registry("built-in model")
@@ -106,6 +109,13 @@ def check_weights_safe(folder: str, allow_pickle_weights: bool) -> None:
         )
 
 
+def default_device() -> torch.device:
+    """The device models run on when nothing else decides: the GPU when there is one, else the CPU."""
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def load_kwargs(trust_remote_code: bool, allow_pickle_weights: bool) -> dict[str, Any]:
     """Keyword arguments for `from_pretrained` that enforce the safety settings."""
     return {"trust_remote_code": trust_remote_code, "use_safetensors": None if allow_pickle_weights else True}
@@ -139,3 +149,40 @@ def model_hash(model_path: str) -> str:
     digest = sha256_tree(root, files)
     atomic_write_json(memo, {"path": str(root), "signature": signature, "sha256": digest})
     return digest
+
+
+# --------------------------------------------------------------------------------------------
+# LoRA adapters (peft format): what a trained LoRA unit is saved as.
+# --------------------------------------------------------------------------------------------
+
+ADAPTER_CONFIG = "adapter_config.json"
+# Subfolder of a LoRA unit's folder holding base + adapter merged (train.lora.save_merged).
+MERGED = "merged"
+
+
+def is_adapter(folder: str | os.PathLike) -> bool:
+    """True for a peft LoRA adapter folder (adapter_config.json + adapter_model.safetensors)."""
+    return (Path(folder) / ADAPTER_CONFIG).is_file()
+
+
+def adapter_rank(folder: str | os.PathLike) -> int:
+    """The adapter's LoRA rank (its largest, when ranks differ per module)."""
+    config = read_json(Path(folder) / ADAPTER_CONFIG)
+    return max([int(config.get("r", 8)), *(int(r) for r in (config.get("rank_pattern") or {}).values())])
+
+
+def merge_adapter(base: str, adapter: str | os.PathLike, out: str | os.PathLike, dtype: str = "float32") -> Path:
+    """Write base + LoRA adapter, merged (W + scale * B A), as a plain Hugging Face folder at `out`
+    (safetensors, the base's config and tokenizer): what an engine without adapter support runs.
+    The merge is the one the trainer's `merge_and_unload` does, in the same dtype, so the weights
+    are the same."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = Path(out)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=getattr(torch, dtype), use_safetensors=True)
+    merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    merged.save_pretrained(out, safe_serialization=True)
+    AutoTokenizer.from_pretrained(base).save_pretrained(out)
+    return out

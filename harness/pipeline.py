@@ -1,37 +1,44 @@
 """The pipeline: the only module that knows the order of stages.
 
-    data -> [synthetic] -> scorer training -> train (variant x seed) -> generate -> score -> report
+    data -> [synthetic] -> scorer training -> train (variant x seed) -> heldout -> generate -> score -> [judge]
+         -> report
 
 `plan()` turns a RunConfig into a list of stages, each with the fingerprint of everything it reads
-(config fields, data hashes, upstream fingerprints, package versions). `execute()` runs the stages
+(config fields, data hashes, upstream fingerprints) and of what it runs (the hash of the project
+code it executes and the versions of the packages it depends on: harness.provenance.STAGE_CODE).
+`execute()` runs the stages
 whose fingerprint has no matching record and skips the rest, so a rerun with nothing changed does no
 work, changing one variant redoes only that variant's stages, and a killed run continues where it
 stopped (stages write atomically and record their fingerprint last; training and generation also
-resume inside a stage).
+resume inside a stage). `execute(only=...)` runs chosen stages and what they read from: the
+single-stage commands (`bdpo train`, `generate`, `score`, `train-scorer`) are that, so their outputs
+and `bdpo run`'s are the same files under the same records.
 """
 
 from __future__ import annotations
 
-import inspect
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Collection, Iterator
 
 from rich.console import Console
 from rich.table import Table
 
-from harness.config import RunConfig, ScorerConfig, VariantConfig, dump_config, to_dict, variant_train_config
+from harness.config import (
+    RunConfig, ScorerConfig, VariantConfig, dump_config, loss_params, sweep_fields, to_dict, variant_train_config,
+)
 from harness.errors import UserError
 from harness.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, iter_jsonl, read_jsonl, sha256_tree
 from harness.models import check_weights_safe, model_hash, resolve_model_path
-from harness.provenance import environment, package_versions, timestamp
+from harness.provenance import GENERATOR_PACKAGES, environment, package_versions, stage_code, timestamp
 from harness.records import PreferencePair, PromptRecord
-from harness.registries import LOSSES
 from harness.rundir import RunDir, RunLock
 
 REFERENCE = "reference"
 TRAINED_SCORER = "train:"
+# The held resource of the generation stages: the engine pool (evaluators/engines.py).
+ENGINES = "engines"
 
 
 @dataclass
@@ -42,6 +49,9 @@ class Stage:
     action: Callable[[], None]
     # Folders of partial work the stage resumes from; cleared when they came from other inputs.
     workdirs: list[str] = field(default_factory=list)
+    # Names of the run-wide resources (a generation engine, a scorer model) the action uses: the
+    # pipeline keeps each loaded until no remaining stage uses it.
+    uses: tuple[str, ...] = ()
     fingerprint: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -61,23 +71,52 @@ def units_of(cfg: RunConfig) -> list[Unit]:
     return [Unit(f"{v.name}-seed{s}", v, s) for v in cfg.variants for s in cfg.variant_seeds(v)]
 
 
-def loss_params(variant: VariantConfig) -> dict[str, Any]:
-    """The variant's loss parameters with the loss's defaults filled in."""
-    sig = inspect.signature(LOSSES.get(variant.loss))
-    defaults = {n: p.default for n, p in sig.parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
-    return {**defaults, **variant.params}
+def judge_partners(cfg: RunConfig) -> dict[str, str]:
+    """Unit -> the baseline unit the judge compares it with: the baseline's unit of the same seed (units
+    whose seed the baseline lacks are not judged); the reference against the baseline's first seed."""
+    baseline = {u.seed: u.name for u in units_of(cfg) if u.variant is not None and u.variant.name == cfg.report.baseline}
+    partners = {u.name: baseline[u.seed] for u in units_of(cfg)
+                if u.variant is not None and u.variant.name != cfg.report.baseline and u.seed in baseline}
+    if baseline:
+        partners[REFERENCE] = baseline[min(baseline)]
+    return partners
 
 
-def sweep_fields(cfg: RunConfig) -> dict[str, dict[str, Any]]:
-    """Per variant, the loss parameters and training fields whose values differ between variants."""
-    flat = {}
-    for v in cfg.variants:
-        train = to_dict(variant_train_config(cfg, v))
-        flat[v.name] = {"loss": v.loss, **loss_params(v),
-                        **{f"train.{k}": train[k] for k in train if k != "lora"}}
-    keys = sorted({k for d in flat.values() for k in d})
-    varying = [k for k in keys if len({repr(d.get(k)) for d in flat.values()}) > 1]
-    return {name: {k: d[k] for k in varying if k in d} for name, d in flat.items()}
+def _strings(value: Any) -> Iterator[str]:
+    """Every string inside nested dicts, lists and tuples."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _strings(v)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _strings(v)
+
+
+def with_upstream(stages: list[Stage], wanted: Collection[str]) -> list[Stage]:
+    """The stages named in `wanted` and every stage they read from, directly or not, in plan order.
+
+    A stage reads from exactly the stages whose fingerprints are among its inputs: the link that
+    makes a change upstream redo it is also the order in which they must run.
+    """
+    names = {s.name for s in stages}
+    unknown = sorted(set(wanted) - names)
+    if unknown:
+        raise UserError(f"no stage {', '.join(unknown)} in this config's plan (stages: {', '.join(sorted(names))}).")
+    # Stages with equal inputs (two variants that differ only in name) share a fingerprint: take all.
+    by_fingerprint: dict[str, list[str]] = {}
+    for s in stages:
+        by_fingerprint.setdefault(s.fingerprint, []).append(s.name)
+    reads = {s.name: [n for x in _strings(s.inputs) for n in by_fingerprint.get(x, ())] for s in stages}
+    keep: set[str] = set()
+    todo = list(wanted)
+    while todo:
+        name = todo.pop()
+        if name not in keep:
+            keep.add(name)
+            todo += reads[name]
+    return [s for s in stages if s.name in keep]
 
 
 def _source_hash(path: str) -> str:
@@ -94,6 +133,9 @@ class Pipeline:
         self.versions = package_versions()
         self._model_path: str | None = None
         self._model_hash: str | None = None
+        # Engines and scorer models shared by the stages of this run (see `held`).
+        self._held: dict[str, Any] = {}
+        self._code: dict[str, dict[str, Any]] = {}
 
     # ---------------------------------------------------------------- inputs shared by stages
     def model_path(self) -> str:
@@ -117,16 +159,26 @@ class Pipeline:
         builtin = str(resources.files("harness.builtin_data"))
         return {source_name(s): _source_hash(s.path or builtin) for s in self.cfg.data.sources}
 
+    def code(self, kind: str) -> dict[str, Any]:
+        """The code inputs of a stage kind (harness.provenance.STAGE_CODE): its project code's hash and
+        the versions of the packages it depends on (for generation and the judge, with the chosen engine's)."""
+        if kind not in self._code:
+            generator = {"generate": self.cfg.generate.generator,
+                         "judge": self.cfg.judge.generator if self.cfg.judge else None}.get(kind)
+            engine = GENERATOR_PACKAGES.get(generator, ()) if generator else ()
+            self._code[kind] = stage_code(kind, self.versions, engine)
+        return self._code[kind]
+
     # ---------------------------------------------------------------- the plan
     def plan(self) -> list[Stage]:
         cfg = self.cfg
         stages: list[Stage] = []
-        data_stage = Stage("data", {"data": to_dict(cfg.data), "hashes": self.data_hashes(), "versions": self.versions},
+        data_stage = Stage("data", {"data": to_dict(cfg.data), "hashes": self.data_hashes(), **self.code("data")},
                            ["data/train_pairs.jsonl", "data/scorer_pairs.jsonl", "data/eval_pairs.jsonl",
                             "data/prompts.jsonl", "data/data_report.json"], self.run_data)
         stages.append(data_stage)
         if cfg.synthetic is not None:
-            stages.append(Stage("synthetic", {"synthetic": to_dict(cfg.synthetic), "versions": self.versions},
+            stages.append(Stage("synthetic", {"synthetic": to_dict(cfg.synthetic), **self.code("synthetic")},
                                 ["synthetic/results.json", "synthetic/table.md"], self.run_synthetic))
         if not cfg.variants:
             return stages
@@ -135,7 +187,7 @@ class Pipeline:
         for s in cfg.scorers:
             if s.path == TRAINED_SCORER:
                 st = Stage(f"scorer/{s.name}", {"scorer": to_dict(s), "data": data_stage.fingerprint,
-                                                "versions": self.versions},
+                                                **self.code("scorer")},
                            [f"scorers/{s.name}/scorer.json"], lambda s=s: self.train_scorer(s))
                 stages.append(st)
                 scorer_fp[s.name] = st.fingerprint
@@ -148,19 +200,28 @@ class Pipeline:
             assert u.variant is not None and u.seed is not None
             st = Stage(f"train/{u.name}", {
                 "model": model, "train": to_dict(variant_train_config(cfg, u.variant)), "loss": u.variant.loss,
-                "params": u.variant.params, "seed": u.seed, "data": data_stage.fingerprint, "versions": self.versions,
+                "params": u.variant.params, "seed": u.seed, "data": data_stage.fingerprint, **self.code("train"),
             }, [f"checkpoints/{u.name}/train_record.json"], lambda u=u: self.train(u), [f"checkpoints/{u.name}"])
             stages.append(st)
             policy_fp[u.name] = st.fingerprint
 
+        # The positive control: each trained unit's implicit reward on the eval split's pairs.
+        heldout_fp = {}
+        for u in units_of(cfg):
+            st = Stage(f"heldout/{u.name}", {"policy": policy_fp[u.name], "data": data_stage.fingerprint,
+                                             **self.code("heldout")},
+                       [f"heldout/{u.name}.jsonl"], lambda u=u: self.heldout(u))
+            stages.append(st)
+            heldout_fp[u.name] = st.fingerprint
+
         # Settings that change only speed, not output, stay out of the fingerprint.
         gen = {k: v for k, v in to_dict(cfg.generate).items()
-               if k not in ("generator", "batch_size", "tensor_parallel_size")}
+               if k not in ("generator", "batch_size", "tensor_parallel_size", "engine_reuse")}
         gen_fp = {}
         for name, pfp in policy_fp.items():
             st = Stage(f"generate/{name}", {"policy": pfp, "generate": gen, "data": data_stage.fingerprint,
-                                            "use_chat_template": cfg.model.use_chat_template, "versions": self.versions},
-                       [f"generations/{name}.jsonl"], lambda name=name: self.generate(name))
+                                            "use_chat_template": cfg.model.use_chat_template, **self.code("generate")},
+                       [f"generations/{name}.jsonl"], lambda name=name: self.generate(name), uses=(ENGINES,))
             stages.append(st)
             gen_fp[name] = st.fingerprint
 
@@ -168,20 +229,36 @@ class Pipeline:
         for name, gfp in gen_fp.items():
             for s in cfg.scorers:
                 st = Stage(f"score/{name}.{s.name}", {"generations": gfp, "scorer": scorer_fp[s.name],
-                                                      "config": to_dict(s), "versions": self.versions},
-                           [f"scores/{name}.{s.name}.jsonl"], lambda name=name, s=s: self.score(name, s))
+                                                      "config": to_dict(s), **self.code("score")},
+                           [f"scores/{name}.{s.name}.jsonl"], lambda name=name, s=s: self.score(name, s),
+                           uses=(f"scorer:{s.name}",))
                 stages.append(st)
                 score_fps[st.name] = st.fingerprint
 
+        judge_fps = {}
+        if cfg.judge is not None:
+            from evaluators.judge import judge_inputs
+
+            judge = judge_inputs(cfg.judge)  # checked now, not after training
+            for name, partner in judge_partners(cfg).items():
+                st = Stage(f"judge/{name}", {"generations": gen_fp[name], "baseline_generations": gen_fp[partner],
+                                             "baseline_unit": partner, "judge": judge, "data": data_stage.fingerprint,
+                                             **self.code("judge")},
+                           [f"judgments/{name}.jsonl"], lambda name=name, partner=partner: self.judge(name, partner))
+                stages.append(st)
+                judge_fps[st.name] = st.fingerprint
+
         stages.append(Stage("report", {"scores": score_fps, "train": {k: v for k, v in policy_fp.items()},
-                                       "report": to_dict(cfg.report), "config": to_dict(cfg), "versions": self.versions},
+                                       "heldout": heldout_fp, **({"judgments": judge_fps} if judge_fps else {}),
+                                       "report": to_dict(cfg.report), "config": to_dict(cfg), **self.code("report")},
                             ["results.json", "report/index.html"], self.report))
         return stages
 
     # ---------------------------------------------------------------- running
-    def execute(self, dry_run: bool = False) -> list[tuple[str, str]]:
-        """Run (or, with dry_run, only list) the plan; returns (stage, 'cached'|'ran'|'would run')."""
-        stages = self.plan()
+    def execute(self, dry_run: bool = False, only: Collection[str] | None = None) -> list[tuple[str, str]]:
+        """Run (or, with dry_run, only list) the plan; returns (stage, 'cached'|'ran'|'would run').
+        `only`: run just these stages (by name) and the ones they read from (see with_upstream)."""
+        stages = self.plan() if only is None else with_upstream(self.plan(), only)
         status = [(s, self.run.is_fresh(s.name, s.fingerprint)) for s in stages]
         if dry_run:
             return [(s.name, "cached" if fresh else "would run") for s, fresh in status]
@@ -192,15 +269,39 @@ class Pipeline:
             self.write_config_and_manifest()
             todo = [s for s, fresh in status if not fresh]
             done: list[tuple[str, str]] = [(s.name, "cached") for s, fresh in status if fresh]
-            for i, stage in enumerate(todo, start=1):
-                self.console.rule(f"[bold]stage {i}/{len(todo)}[/]: {stage.name}")
-                start = time.monotonic()
-                self.run.begin(stage.name, stage.fingerprint, stage.workdirs)
-                stage.action()
-                self.run.record(stage.name, stage.fingerprint, stage.inputs, stage.outputs)
-                self.console.print(f"[green]done[/] {stage.name} in {time.monotonic() - start:.1f} s")
-                done.append((stage.name, "ran"))
+            try:
+                for i, stage in enumerate(todo, start=1):
+                    self.console.rule(f"[bold]stage {i}/{len(todo)}[/]: {stage.name}")
+                    start = time.monotonic()
+                    self.run.begin(stage.name, stage.fingerprint, stage.workdirs)
+                    stage.action()
+                    self.run.record(stage.name, stage.fingerprint, stage.inputs, stage.outputs)
+                    # Free what no later stage uses (an engine's memory and core, before scoring).
+                    self.release(keep={r for later in todo[i:] for r in later.uses})
+                    self.console.print(f"[green]done[/] {stage.name} in {time.monotonic() - start:.1f} s")
+                    done.append((stage.name, "ran"))
+            finally:
+                self.release()
         return done
+
+    def held(self, key: str, build: Callable[[], Any]) -> Any:
+        """The run-wide resource `key` (built on first use), kept until `release`."""
+        if key not in self._held:
+            self._held[key] = build()
+        return self._held[key]
+
+    def release(self, keep: Collection[str] = ()) -> None:
+        """Close (engines) or drop (scorers) every held resource not in `keep`."""
+        import gc
+
+        dropped = [k for k in self._held if k not in keep]
+        for key in dropped:
+            resource = self._held.pop(key)
+            close = getattr(resource, "close", None)
+            if close is not None:
+                close()
+        if dropped:
+            gc.collect()
 
     def write_config_and_manifest(self) -> None:
         cfg = self.cfg
@@ -258,7 +359,7 @@ class Pipeline:
                            soft_wrap=True)
 
     def train_scorer(self, s: ScorerConfig) -> None:
-        from trainers.scorer_training import train_bt_scorer
+        from harness.scorer_stage import train_scorer
 
         pairs = self.pairs("scorer_pairs")
         if s.train_sources:
@@ -268,10 +369,8 @@ class Pipeline:
                             f"{self.cfg.data.scorer_fraction}; train_sources {list(s.train_sources)}). "
                             "Raise data.scorer_fraction or give the scorer a model path.")
         eval_pairs = [p for p in self.pairs("eval_pairs") if not s.train_sources or p.source in s.train_sources]
-        train_bt_scorer(pairs, s.score_type, self.run.path("scorers", s.name), max_steps=s.train_steps,
-                        batch_size=s.train_batch_size, lr=s.train_learning_rate, max_length=s.train_max_length,
-                        seed=self.cfg.data.split_seed, eval_pairs=eval_pairs, progress=self.progress, overwrite=True,
-                        backbone=s.train_backbone)
+        train_scorer(s, pairs, eval_pairs, self.run.path("scorers", s.name), seed=self.cfg.data.split_seed,
+                     progress=self.progress, overwrite=True)
 
     def train(self, u: Unit) -> None:
         from trainers.trainer import train_policy
@@ -280,21 +379,34 @@ class Pipeline:
         train_policy(self.cfg.model, variant_train_config(self.cfg, u.variant), u.variant, self.pairs("train_pairs"),
                      self.run.path("checkpoints", u.name), u.seed, self.run.path("cache"), progress=self.progress)
 
+    def heldout(self, u: Unit) -> None:
+        from trainers.heldout import heldout_rows
+
+        assert u.variant is not None
+        rows = heldout_rows(self.cfg.model, variant_train_config(self.cfg, u.variant),
+                            self.run.path("checkpoints", u.name), self.pairs("eval_pairs"),
+                            float(loss_params(u.variant).get("beta", 1.0)), self.run.path("cache"),
+                            progress=self.progress)
+        atomic_write_jsonl(self.run.path("heldout", f"{u.name}.jsonl"), rows)
+
     def policy_path(self, name: str) -> str:
+        """The unit's folder (a LoRA adapter or a full checkpoint), or the base model for the reference."""
         return self.model_path() if name == REFERENCE else str(self.run.path("checkpoints", name))
 
     def generate(self, name: str) -> None:
+        from evaluators.engines import Policy, engine_pool
         from evaluators.generation_cache import generate_to_file
-        from evaluators.generators import build_generator, context_length
+        from evaluators.generators import context_length
 
-        generator = build_generator(self.policy_path(name), self.cfg.model, self.cfg.generate, console=self.console)
-        try:
-            prompts = self.fitted_prompts(generator.tokenizer, context_length(generator.config))
-            generate_to_file(generator, prompts, self.run.path("generations", f"{name}.jsonl"),
-                             self.cfg.generate, use_chat_template=self.cfg.model.use_chat_template,
-                             progress=self.progress)
-        finally:
-            generator.close()
+        # One engine per base model for all of the run's generation stages; this unit's weights go into it.
+        pool = self.held(ENGINES, lambda: engine_pool(self.cfg.model, self.cfg.generate, console=self.console,
+                                                      scratch=self.run.path("cache")))
+        policy = Policy(self.policy_path(name), base=self.model_path())
+        generator = pool.generator(policy)
+        prompts = self.fitted_prompts(generator.tokenizer, context_length(generator.config))
+        generate_to_file(generator, prompts, self.run.path("generations", f"{name}.jsonl"),
+                         self.cfg.generate, use_chat_template=self.cfg.model.use_chat_template,
+                         progress=self.progress, model_sha=policy.content_hash())
 
     def fitted_prompts(self, tokenizer: Any, context: int | None) -> list[PromptRecord]:
         """Evaluation prompts shortened to the generation budget (earliest turns dropped first)."""
@@ -322,20 +434,42 @@ class Pipeline:
         prompts = {p.prompt_id: p.prompt for p in self.prompts()}
         gens_path = self.run.path("generations", f"{name}.jsonl")
         lines, rows = zip(*iter_jsonl(gens_path))
-        scorer = build_scorer(s, self.scorer_path(s))
+        # Loaded once per run and kept for every unit's score stage of this scorer.
+        scorer = self.held(f"scorer:{s.name}", lambda: build_scorer(s, self.scorer_path(s)))
+        inputs = ([prompts[r["prompt_id"]] for r in rows], [r["response"] for r in rows])
         try:
-            values = scorer.score([prompts[r["prompt_id"]] for r in rows], [r["response"] for r in rows])
+            values = scorer.score(*inputs)
         except ScoreError as e:  # name the generation the bad score belongs to
             raise UserError(f"{gens_path}:{lines[e.row]}: scorer {e.scorer}: {e.reason} "
                             f"(prompt_id {rows[e.row]['prompt_id']!r}).") from None
+        extra = scorer.metadata(*inputs) or [{}] * len(rows)  # e.g. the category a guard names
         atomic_write_jsonl(self.run.path("scores", f"{name}.{s.name}.jsonl"),
-                           [{"prompt_id": r["prompt_id"], "sample_idx": r["sample_idx"], "score": v}
-                            for r, v in zip(rows, values)])
+                           [{"prompt_id": r["prompt_id"], "sample_idx": r["sample_idx"], "score": v, **m}
+                            for r, v, m in zip(rows, values, extra)])
+
+    def judge(self, name: str, partner: str) -> None:
+        from evaluators.judge import judge_generations
+
+        assert self.cfg.judge is not None
+        unit_path, base_path = self.run.path("generations", f"{name}.jsonl"), self.run.path("generations", f"{partner}.jsonl")
+        rows = judge_generations(self.cfg.judge, {p.prompt_id: p.prompt for p in self.prompts()}, read_jsonl(unit_path),
+                                 read_jsonl(base_path), partner, f"{unit_path} vs {base_path}", console=self.console)
+        atomic_write_jsonl(self.run.path("judgments", f"{name}.jsonl"), rows)
 
     def report(self) -> None:
         from reports.build import build_report
 
         build_report(self.run.root)
+
+
+def print_statuses(statuses: list[tuple[str, str]], title: str, console: Console) -> None:
+    """The table of what `execute` did (or would do) with each stage."""
+    table = Table(title=title)
+    table.add_column("stage")
+    table.add_column("status")
+    for name, status in statuses:
+        table.add_row(name, {"cached": "[dim]cached[/]", "ran": "[green]ran[/]"}.get(status, f"[yellow]{status}[/]"))
+    console.print(table)
 
 
 def summarize(run_root: Path, console: Console) -> None:

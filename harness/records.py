@@ -8,6 +8,7 @@ Run directory `runs/<experiment>/` (see harness/rundir.py):
     data/train_pairs.jsonl           policy-training pairs              (PreferencePair as dict)
     data/scorer_pairs.jsonl          scorer-training pairs              (PreferencePair as dict)
     checkpoints/<unit>/              Hugging Face folder + train_log.jsonl (TrainLogRecord) + train_record.json
+    heldout/<unit>.jsonl             implicit rewards on data/eval_pairs.jsonl, one row per pair (trainers/heldout.py)
     generations/<unit>.jsonl         GenerationRecord, one per (prompt_id, sample_idx)
     scores/<unit>.<scorer>.jsonl     ScoreRecord, one per (prompt_id, sample_idx)
     results.json                     see reports/ (metrics with CI and n, provenance)
@@ -94,6 +95,18 @@ SCORE_FIELDS = (
     "prompt_id",      # str
     "sample_idx",     # int
     "score",          # float, finite; reward: higher = more helpful, cost: higher = more harmful
+)
+
+# judgments/<unit>.jsonl rows (evaluators/judge.py; the unit's reply is "A" in the first order):
+JUDGMENT_FIELDS = (
+    "prompt_id",               # str
+    "sample_idx",              # int
+    "baseline_unit",           # str, the baseline unit compared with (same seed)
+    "verdict_unit_first",      # "A" | "B" | "tie" | "invalid", the unit's reply shown first (as A)
+    "verdict_baseline_first",  # the same with the baseline's reply shown first (the unit's is B)
+    "output_unit_first",       # str, the judge's raw answers
+    "output_baseline_first",
+    "score",                   # float in [0, 1]: the unit's mean order score (1 win, 1/2 tie or invalid, 0 loss)
 )
 
 # checkpoints/<unit>/train_log.jsonl rows (TRL's names where TRL has one):

@@ -12,7 +12,10 @@ LOSSES: Registry[Any] = Registry("loss", populated_by=("trainers.losses",))
 DATA_FORMATS: Registry[Any] = Registry("data format", populated_by=("harness.data",))
 # Completion generators: prompts + sampling settings in, completions out (evaluators/generators.py).
 GENERATORS: Registry[Any] = Registry("generator", populated_by=("evaluators.generators",))
-# Scorers: (prompt, response) pairs in, one float each out (evaluators/scorers.py).
-SCORERS: Registry[Any] = Registry("scorer", populated_by=("evaluators.scorers",))
+# Scorers: (prompt, response) pairs in, one float each out (evaluators/scorers.py, chat_scorers.py).
+SCORERS: Registry[Any] = Registry("scorer", populated_by=("evaluators.scorers", "evaluators.chat_scorers"))
 
-ALL = (LOSSES, DATA_FORMATS, GENERATORS, SCORERS)
+# How a run's policies share one generation engine per base model (evaluators/engines.py).
+ENGINE_REUSE: Registry[Any] = Registry("engine reuse strategy", populated_by=("evaluators.engines",))
+
+ALL = (LOSSES, DATA_FORMATS, GENERATORS, SCORERS, ENGINE_REUSE)

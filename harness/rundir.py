@@ -28,7 +28,7 @@ class StageRecord:
 
 
 # Hidden temporaries that a writer killed mid-write leaves: an atomic file write's
-# `.<name>.XXXX.tmp` (harness.io), a scorer's `.<name>.<pid>.tmp/` (trainers.scorer_training), and a
+# `.<name>.XXXX.tmp` (harness.io), a scorer's `.<name>.<pid>.tmp/` (harness.io.atomic_dir), and a
 # report swap's `.<name>-new-XXXX/` and `.<name>-old-XXXX/` (reports.build).
 STALE_SUFFIX = ".tmp"
 STALE_MARKERS = ("-new-", "-old-")

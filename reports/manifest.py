@@ -61,6 +61,9 @@ class Manifest:
         """The variant's units, sorted by seed."""
         return sorted((u for u in self.units if u.variant == variant), key=lambda u: (u.seed is not None, u.seed or 0))
 
+    def scorer(self, name: str) -> Scorer:
+        return next(s for s in self.scorers if s.name == name)
+
     @property
     def reference(self) -> str | None:
         return REFERENCE if REFERENCE in self.variants() else None

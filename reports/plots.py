@@ -13,6 +13,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 
 from reports.rundata import RunData  # noqa: E402
 
@@ -40,29 +41,121 @@ def _colors(variants: list[str]) -> dict[str, Any]:
     return {v: cmap(i % cmap.N) for i, v in enumerate(variants)}
 
 
+# Smoothing of the training curves: an exponential moving average over logged steps, so that a
+# batch of a few pairs is not read as a trend. Its span adapts to the run's length.
+EMA_SPAN_SHARE = 0.1
+
+
+def ema(values: np.ndarray, span: float) -> np.ndarray:
+    """Exponential moving average, alpha = 2 / (span + 1), starting at the first value."""
+    return pd.Series(values, dtype=float).ewm(span=max(span, 1.0), adjust=False).mean().to_numpy()
+
+
 def training_curves(run: RunData) -> bytes | None:
-    """One panel per train-log field; one line per variant (mean over seeds at each logged step)."""
+    """One panel per train-log field; per variant the EMA-smoothed curve averaged over seeds, with a
+    band spanning the seeds' own smoothed curves."""
     m = run.manifest
     trained = [v for v in m.variants() if all(run.units[u.unit].train_log for u in m.units_of(v))]
     if not trained:
         return None
     colors = _colors(m.variants())
     fig, axes = plt.subplots(2, 3, figsize=(13, 7))
+    spans = []
     for ax, (field, title) in zip(axes.ravel(), CURVES.items()):
         for v in trained:
-            by_step: dict[float, list[float]] = {}
+            curves = []
             for u in m.units_of(v):
-                for row in run.units[u.unit].train_log:
-                    if row[field] is not None:
-                        by_step.setdefault(row["step"], []).append(row[field])
-            if by_step:
-                steps = sorted(by_step)
-                ax.plot(steps, [np.mean(by_step[s]) for s in steps], label=v, color=colors[v], lw=1.5)
+                rows = [r for r in run.units[u.unit].train_log if r[field] is not None]
+                if rows:
+                    span = EMA_SPAN_SHARE * len(rows)
+                    spans.append(span)
+                    curves.append(([r["step"] for r in rows], ema(np.array([r[field] for r in rows]), span)))
+            if not curves:
+                continue
+            # Seeds log the same steps; cut to the shortest (a unit still training has fewer).
+            n = min(len(steps) for steps, _ in curves)
+            steps, stacked = curves[0][0][:n], np.stack([c[:n] for _, c in curves])
+            ax.plot(steps, stacked.mean(axis=0), label=v, color=colors[v], lw=1.5)
+            if len(curves) > 1:
+                ax.fill_between(steps, stacked.min(axis=0), stacked.max(axis=0), color=colors[v], alpha=0.15, lw=0)
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
     axes.ravel()[0].legend(fontsize=8)
-    fig.suptitle("Training curves (mean over seeds)")
+    span_text = f"EMA over {min(spans):.0f}-{max(spans):.0f} logged steps" if spans else "EMA"
+    fig.suptitle(f"Training curves: {span_text}; line = mean over seeds, band = range of the seeds")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def forest(results: dict[str, Any]) -> bytes | None:
+    """Every variant's paired difference against the baseline (all prompts), one panel per metric,
+    with its CI; filled markers are significant after Holm's correction (within their family),
+    hollow ones are not."""
+    rows = [c for c in results["comparisons"] if c["kind"] == "baseline" and c["subset"] == "all"
+            and c["ci_low"] is not None]
+    if not rows:
+        return None
+    alpha = 1 - results["settings"]["confidence"]
+    metrics = list(dict.fromkeys(r["metric"] for r in rows))
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    colors = _colors(variants)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 0.45 * len(variants) + 1.6),
+                             squeeze=False, sharey=True)
+    for ax, metric in zip(axes[0], metrics):
+        for r in (r for r in rows if r["metric"] == metric):
+            y = variants.index(r["variant"])
+            sig = r["p_holm"] is not None and r["p_holm"] < alpha
+            ax.errorbar(r["difference"], y, xerr=[[r["difference"] - r["ci_low"]], [r["ci_high"] - r["difference"]]],
+                        fmt="o", color=colors[r["variant"]], mfc=colors[r["variant"]] if sig else "white",
+                        capsize=3, ms=7)
+        ax.axvline(0, color="black", lw=0.8)
+        better = "higher" if results["metric_definitions"][metric]["higher_is_better"] else "lower"
+        ax.set_title(f"{metric} ({better} is better)", fontsize=10)
+        ax.grid(alpha=0.3, axis="x")
+    axes[0][0].set_yticks(range(len(variants)), variants)
+    axes[0][0].invert_yaxis()
+    fig.suptitle(f"Difference from {results['baseline']} with {results['settings']['confidence']:.0%} CI "
+                 f"(filled: Holm-significant at {alpha:g})", fontsize=11)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def ablation_multiples(results: dict[str, Any], metrics: list[str]) -> bytes | None:
+    """Small multiples: one row per swept field, one panel per metric; the metric against the swept
+    value with its CI, one line per fixed setting of the other fields."""
+    tables = {(t["field"], t["metric"]): t for t in results["ablations"] if t["metric"] in metrics}
+    fields = list(dict.fromkeys(f for f, _ in tables))
+    if not fields:
+        return None
+    shown = [m for m in metrics if any((f, m) in tables for f in fields)]
+    fig, axes = plt.subplots(len(fields), len(shown), figsize=(3.6 * len(shown), 2.9 * len(fields)), squeeze=False)
+    for i, field in enumerate(fields):
+        for j, metric in enumerate(shown):
+            ax = axes[i][j]
+            t = tables.get((field, metric))
+            if t is None:
+                ax.set_visible(False)
+                continue
+            x = np.arange(len(t["values"]))
+            for r in t["rows"]:
+                pts = [(k, c) for k, c in enumerate(r["cells"]) if c is not None]
+                if not pts:
+                    continue
+                label = f"{r['loss']} " + (", ".join(f"{k}={v}" for k, v in r["fixed"].items()) or "")
+                xs = [x[k] for k, _ in pts]
+                vals = [c["value"] for _, c in pts]
+                lo = [c["value"] - c["ci_low"] if c.get("ci_low") is not None else 0 for _, c in pts]
+                hi = [c["ci_high"] - c["value"] if c.get("ci_high") is not None else 0 for _, c in pts]
+                ax.errorbar(xs, vals, yerr=[lo, hi], fmt="o-", capsize=3, label=label.strip(), lw=1.2, ms=4)
+            ax.set_xticks(x, [str(v) for v in t["values"]])
+            ax.set_xlabel(field)
+            ax.set_title(results["metric_definitions"][metric]["label"], fontsize=9)
+            ax.grid(alpha=0.3)
+            if j == 0:
+                ax.legend(fontsize=7)
+    fig.suptitle("Ablations: metric against the swept value (CI bars; one line per setting of the other fields)",
+                 fontsize=11)
     fig.tight_layout()
     return _png(fig)
 

@@ -2,7 +2,7 @@
 
 `write_synthetic_report(results_json)` writes next to it: `table.md` (per mask rate and method:
 utility, regret, paired difference to the baseline, OOD mass and overestimation, mean [95% CI] over
-seeds) and three PNG plots: `utility_curves.png` (true utility vs training step, one panel per
+seeds; then which methods beat the baseline in utility, at which mask rate) and three PNG plots: `utility_curves.png` (true utility vs training step, one panel per
 mask rate), `ood_mass.png` (probability mass on masked cells vs step) and `grad_ratio_hist.png`
 (distribution of log(|dL/dpi_w| / |dL/dpi_l|) over training). Plots use matplotlib's Agg canvas
 directly: no display, no global pyplot state.
@@ -72,6 +72,35 @@ def table_rows(results: dict[str, Any], compact: bool = False) -> tuple[list[str
         rows += [[c.get(col, "") for col in columns] for c in cells]
     header = [COMPACT[c] if compact else c for c in columns]
     return [c.format(b=results["baseline"]) for c in header], rows
+
+
+def verdict(stat: dict[str, Any] | None, higher_is_better: bool) -> str:
+    """'better', 'worse' or 'no difference' for a paired difference (method - baseline) with its CI."""
+    if stat is None or stat["ci_low"] is None:
+        return "–"
+    if stat["ci_low"] > 0 or stat["ci_high"] < 0:
+        return "better" if (stat["mean"] > 0) == higher_is_better else "worse"
+    return "no difference"
+
+
+def verdict_table(results: dict[str, Any], metric: str = "utility") -> str:
+    """Markdown: per method (rows) and mask rate (columns), the paired difference to the baseline
+    in `metric`, its CI and whether the CI says better, worse or no difference."""
+    keys = results["mask_rates"]
+    higher = results["metrics"][metric]["higher_is_better"]
+    lines = [
+        f"Which methods beat {results['baseline']}: Δ {metric} (method − {results['baseline']}, paired over "
+        f"{len(results['seeds'])} seeds) with its {results['confidence']:.0%} CI; better/worse when the CI "
+        "excludes 0.",
+        "",
+        "| method | " + " | ".join(f"mask {k}" for k in keys) + " |",
+        "|---|" + "|".join("---" for _ in keys) + "|",
+    ]
+    for name in (m["name"] for m in results["methods"] if m["name"] in results["vs_baseline"]):
+        per_mask = results["vs_baseline"][name]
+        cells = [f"{fmt(per_mask[k][metric])} {verdict(per_mask[k][metric], higher)}" for k in keys]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def markdown_table(results: dict[str, Any]) -> str:
@@ -149,7 +178,7 @@ def write_synthetic_report(results_json: str | Path, out_dir: str | Path | None 
     out = Path(out_dir) if out_dir is not None else results_json.parent
     paths = {"table": out / TABLE_FILE, "utility_plot": out / UTILITY_PLOT,
              "ood_plot": out / OOD_PLOT, "grad_ratio_plot": out / GRAD_RATIO_PLOT}
-    atomic_write_text(paths["table"], markdown_table(results))
+    atomic_write_text(paths["table"], markdown_table(results) + "\n" + verdict_table(results))
     _curve_plot(results, "utility", results["mask_rates"], "Expected true utility during training",
                 "E[u]", paths["utility_plot"])
     masked_keys = [k for k in results["mask_rates"] if float(k) > 0] or results["mask_rates"]

@@ -65,7 +65,7 @@ DATA_CASES = {
     "misspelled-field": ("pairs.jsonl", with_row(4, {"prompt": "a", "choosen": "b", "rejected": "c"}), "preference",
                          ["pairs.jsonl:4:", "missing field 'chosen'", "Did you mean 'choosen'?"]),
     "wrong-type": ("pairs.jsonl", with_row(2, {"prompt": "a", "chosen": 42, "rejected": "c"}), "preference",
-                   ["pairs.jsonl:2:", "field 'chosen' must be a string, got int", "Fix that row"]),
+                   ["pairs.jsonl:2:", "field 'chosen' must be a string or a list of messages, got int", "Fix that row"]),
     "empty-prompt": ("pairs.jsonl", with_row(5, {"prompt": "  ", "chosen": "b", "rejected": "c"}), "preference",
                      ["pairs.jsonl:5:", "field 'prompt' is empty", "Remove that row or fill it in"]),
     "empty-response": ("pairs.jsonl", with_row(2, {"prompt": "a", "chosen": "b", "rejected": ""}), "preference",
@@ -107,7 +107,7 @@ def base_config(folder: Path, source: dict) -> Path:
     """A complete config whose only data source is `source`: the data stage is the first to run."""
     model = shared_path("models", "stories260k")
     config = {"experiment": "bad", "run_root": str(folder / "runs"), "model": {"path": str(model)},
-              "data": {"sources": [source], "eval_prompts": 2},
+              "data": {"sources": [source], "eval_prompts": 2, "scorer_fraction": 0.3},
               "train": {"max_steps": 2, "batch_size": 2, "max_length": 64, "max_prompt_length": 32},
               "variants": [{"name": "dpo", "loss": "dpo"}, {"name": "bdpo", "loss": "bdpo", "params": {"clip": 0.3}}],
               "generate": {"generator": "transformers", "max_new_tokens": 4},

@@ -141,3 +141,43 @@ def test_paper_scale_counts_padding_units_and_references():
     assert hours["policy training"] == pytest.approx(12 * 2 * 1000 * 100 * fpt / 5e14 / 3600)
     assert hours["reference warm-up"] == pytest.approx(3 * 300 * 64 * 100 * fpt / 5e14 / 3600)
     assert hours["generation"] == pytest.approx(13 * 1000 * 256 / 1000 / 3600)
+
+
+def test_throughput_generation_worker_runs_every_policy_through_one_pool(tiny_llama: str, tmp_path: Path) -> None:
+    from bench.throughput import agreement, generate_units, make_units, projected_wall
+
+    units = make_units(tiny_llama, 1, str(tmp_path))
+    runs = {s: generate_units(s, tiny_llama, units, prompts=2, max_new_tokens=3, generator="transformers")
+            for s in ("restart", "reload")}
+    assert list(runs["reload"]["units"]) == ["reference", "unit0"]
+    assert 0 < runs["reload"]["tokens"] <= 2 * 2 * 3
+    assert agreement(runs["reload"], runs["restart"]) == 1.0  # the same merged weights
+    assert projected_wall(runs["reload"], 22) > runs["reload"]["units"]["reference"]["ready_s"]
+
+
+def test_training_throughput_workers_time_both_paths_and_count_useful_flops(tiny_llama: str) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from bench.throughput_training import _useful_flops, logps_bf16_vs_float32, train_epoch
+    from trainers.logprobs import TokenizedPair
+
+    runs = {fast: train_epoch(tiny_llama, fast=fast, bf16=False, steps=2, batch=2, max_length=48,
+                              max_prompt_length=24, lora=True) for fast in (True, False)}
+    for run in runs.values():
+        assert len(run["step_times"]) == 2 and run["real_tokens"] > 0 and len(run["loss"]) == 2
+        assert run["padding"]["padded_share_grouped"] <= run["padding"]["padded_share_shuffled"] + 1e-9
+    # Same data, same model and pairs: the same real tokens whichever the order.
+    assert runs[True]["real_tokens"] == runs[False]["real_tokens"]
+    logps = logps_bf16_vs_float32(tiny_llama, batch=2, max_length=48, max_prompt_length=24)
+    assert len(logps["float32"]) == len(logps["bf16"]) == 4
+
+    # Useful FLOPs by hand: one pair, two rows of 2 tokens (prompt 1 + response 1).
+    config = json.loads((Path(tiny_llama) / "config.json").read_text())
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    n_linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    n_head = config["vocab_size"] * config["hidden_size"]
+    pair = TokenizedPair("x", (1,), (2,), (3,))
+    attention = 2 * config["num_hidden_layers"] * config["hidden_size"] * (2 ** 2 + 2 ** 2)
+    assert _useful_flops(config, [pair], lora=False) == 3 * (2 * (n_linear - n_head) * 4 + 2 * n_head * 2 + attention)
+    assert _useful_flops(config, [pair], lora=True) == 2 * (2 * (n_linear - n_head) * 4 + 2 * n_head * 2 + attention)

@@ -86,6 +86,21 @@ def test_ls_lists_registered_names():
         assert name in out.stdout
 
 
+def test_ls_loss_shows_each_formula_and_parameters(monkeypatch, capsys):
+    from harness.registries import LOSSES
+    from harness.registry import summary
+
+    monkeypatch.setenv("COLUMNS", "400")  # one table row per line
+    assert main(["ls", "loss"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    for name, fn in LOSSES.items():
+        row = next(line for line in lines if line.split("│")[1:2] and line.split("│")[1].strip() == name)
+        assert summary(fn) in row and "sft_weight=0.0" in row, row
+    simpo = next(line for line in lines if "│ simpo " in line)
+    assert "beta=2.0, gamma_ratio=0.25, sft_weight=0.0; no reference" in simpo
+    assert "penalty=50.0" in next(line for line in lines if "│ dpop " in line)
+
+
 def test_validate_good_and_bad(tmp_path):
     assert main(["validate", "--quiet"]) == 0
     out = bdpo("validate", "train.max_stepz=3")

@@ -133,3 +133,46 @@ def test_synthetic_methods_are_checked(tmp_path):
 def test_shipped_configs_are_valid(name):
     """Every config in configs/ parses and names only registered losses, formats and scorers."""
     load_config(str(REPO / "configs" / name))
+
+
+# Settings a stage would refuse at run time (generation after all the training, the report after
+# everything), refused at config load instead. (overrides of VALIDATED, the key the error names, a fragment)
+VALIDATED = {
+    "experiment": "v", "data": {"sources": [{"format": "builtin-safety"}], "scorer_fraction": 0.3},
+    "variants": [{"name": "dpo", "loss": "dpo", "params": {"beta": 0.1}},
+                 {"name": "bdpo", "loss": "bdpo", "params": {"beta": 0.1, "clip": 0.3}}],
+    "scorers": [{"name": "reward", "path": "train:", "score_type": "reward"}],
+}
+REFUSED_AT_LOAD = {
+    "greedy-n-samples": (["generate.n=4"], "generate.n", "identical completions"),
+    "empty-stop-string": (["generate.stop=['']"], "generate.stop", "must not be empty"),
+    "transformers-on-two-gpus": (["generate.generator=transformers", "generate.tensor_parallel_size=2"],
+                                 "generate.tensor_parallel_size", "one device"),
+    "duplicate-source-names": (["data.sources=[{format: builtin-safety}, {format: builtin-safety}]"],
+                               "data.sources", "duplicate source names"),
+    "unknown-loader-option": (["data.sources.0.options={pair_by: safer}"], "data.sources.builtin-safety.options.pair_by",
+                              "unknown parameter"),
+    "split-not-a-string": (["data.sources.0.options={split: 3}"], "data.sources.builtin-safety.options.split",
+                           "expected a string"),
+    "trained-scorer-without-scorer-split": (["data.scorer_fraction=0"], "scorers.reward.path", "scorer_fraction is 0"),
+    "scorer-trained-on-unknown-source": (["scorers.reward.train_sources=[hh]"], "scorers.reward.train_sources",
+                                         "not data sources"),
+    "two-variants-train-the-same": (["variants=[{name: dpo, loss: dpo}, {name: dpo-again, loss: dpo}, "
+                                     "{name: bdpo, loss: bdpo}]"],
+                                    "variants.dpo-again", "trains what variant 'dpo' trains"),
+    "no-seed-shared-with-baseline": (["variants.bdpo.seeds=[7]"], "variants", "share no seed with the baseline"),
+}
+
+
+@pytest.mark.parametrize("case", REFUSED_AT_LOAD, ids=list(REFUSED_AT_LOAD))
+def test_validate_refuses_what_a_stage_would_refuse(case, tmp_path, capsys):
+    from harness.cli import main
+
+    overrides, key, fragment = REFUSED_AT_LOAD[case]
+    config = write(tmp_path, VALIDATED)
+    assert main(["validate", "--quiet", config]) == 0
+    assert main(["validate", "--quiet", config, *overrides]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error:"), err
+    assert f"config key '{key}'" in err and fragment in err, err
+    assert list(tmp_path.iterdir()) == [tmp_path / "c.yaml"]  # nothing ran, nothing was written

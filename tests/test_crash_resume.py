@@ -1,13 +1,15 @@
 """Crash and resume: `bdpo run` is killed (SIGKILL) at random moments inside every stage type, restarted
 until it finishes, and must end with exactly what an uninterrupted run writes.
 
-The run is the smallest one that has every stage: real HH-RLHF pairs (../shared), the 260K-parameter
-TinyStories Llama as policy and scorer backbone, 1 seed x 2 variants x 4 steps with a Trainer
+The run is the smallest one that has every stage: real HH-RLHF pairs and the 260K-parameter TinyStories
+Llama as policy and scorer backbone from ../shared (without it: the package's built-in safety pairs and
+a tiny random Llama, tests/conftest.py pipeline_inputs), 1 seed x 2 variants x 4 steps with a Trainer
 checkpoint every step, 6 evaluation prompts generated 2 per batch (so the generation side file has
 rows to resume from), one trained Bradley-Terry scorer. Kills are aimed with the stage markers: the
 test waits for `stages/<stage>.started` of the targeted stage type to appear in this attempt, then
 kills the whole process group after a delay drawn from a seeded RNG (scaled to how long that stage
-took in the uninterrupted run). After every kill, every file a finished stage recorded must read
+took in the uninterrupted run; a target that ends before its kill, as on a machine busier during the
+uninterrupted run than now, gets it as the next stage starts, and later delays shrink to fit). After every kill, every file a finished stage recorded must read
 back whole. At the end: train_log.jsonl, the weights (tensor by tensor), generations and scores row
 for row, and results.json apart from `timestamps` equal the uninterrupted run's.
 
@@ -31,9 +33,8 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
-from harness.config import DataSourceConfig
 from harness.io import iter_jsonl, read_json, read_jsonl
-from tests.conftest import REPO, shared_path
+from tests.conftest import REPO, pipeline_inputs
 
 pytestmark = pytest.mark.slow
 
@@ -41,6 +42,7 @@ EXPERIMENT = "tiny"
 # Untrusted text carried by every prompt (and so shown in the report's samples table).
 PAYLOADS = ('<script>alert("pwned")</script>', "</table><h1>injected</h1>", '"><img src=x onerror=alert(1)>')
 UNITS = ("reference", "dpo-seed0", "bdpo-seed0")
+MAX_STEPS = 4  # per trained policy, with a Trainer checkpoint every step
 
 
 def tiny_inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -50,14 +52,11 @@ def tiny_inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.getbasetemp() / "tiny-inputs"
     path = folder / "tiny.yaml"
     if not path.exists():
-        from harness.data import load_source
-
-        model = shared_path("models", "stories260k")
-        hh = shared_path("data", "hh-rlhf", "helpful-base", "test.jsonl.gz")
+        inputs = pipeline_inputs(tmp_path_factory, max_pairs=40)
+        model = inputs.model
         folder.mkdir()
-        pairs = load_source(DataSourceConfig(format="hh-rlhf", path=str(hh), name="hh", max_pairs=40)).pairs
         rows = []
-        for i, p in enumerate(pairs):
+        for i, p in enumerate(inputs.pairs):
             prompt = [dict(m) for m in p.prompt]
             prompt[-1]["content"] += " " + PAYLOADS[i % len(PAYLOADS)]
             rows.append({"prompt": prompt, "chosen": p.chosen, "rejected": p.rejected})
@@ -68,7 +67,7 @@ def tiny_inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "model": {"path": str(model)},
             "data": {"sources": [{"format": "preference", "name": "hh", "path": str(data)}],
                      "split_seed": 0, "scorer_fraction": 0.3, "eval_prompts": 6},
-            "train": {"max_steps": 4, "batch_size": 4, "learning_rate": 1.0e-3, "max_length": 96,
+            "train": {"max_steps": MAX_STEPS, "batch_size": 4, "learning_rate": 1.0e-3, "max_length": 96,
                       "max_prompt_length": 48, "save_every": 1},
             "variants": [{"name": "dpo", "loss": "dpo", "params": {"beta": 0.1}},
                          {"name": "bdpo", "loss": "bdpo", "params": {"beta": 0.1, "clip": 0.3}}],
@@ -138,6 +137,12 @@ def in_flight(stages: Path, since: float) -> str | None:
     return None
 
 
+def seconds_of(stages: Path, stage: str) -> float:
+    """How long a finished stage took, marker to record."""
+    started = stages / f"{stage}.started"
+    return started.with_suffix(".json").stat().st_mtime - started.stat().st_mtime
+
+
 def stage_seconds(run_dir: Path) -> dict[str, float]:
     """Per stage kind, the shortest time one of its stages took (marker to record) in a finished run:
     kills timed as fractions of it land inside the stage even when the machine got faster since."""
@@ -145,8 +150,7 @@ def stage_seconds(run_dir: Path) -> dict[str, float]:
     took: dict[str, float] = {}
     for started in stages.rglob("*.started"):
         kind = kind_of(started, stages)
-        seconds = started.with_suffix(".json").stat().st_mtime - started.stat().st_mtime
-        took[kind] = min(took.get(kind, math.inf), seconds)
+        took[kind] = min(took.get(kind, math.inf), seconds_of(stages, str(started.relative_to(stages).with_suffix(""))))
     return took
 
 
@@ -191,6 +195,19 @@ def written_since(path: Path, since: float) -> bool:
         return False
 
 
+def anchor_ready(path: Path, since: float) -> bool:
+    """`path` (or, a glob pattern, any file it matches) was written in this attempt and, a JSON file
+    (a checkpoint's trainer_state.json, which Trainer writes in place), reads back whole."""
+    if "*" in path.name:
+        return any(written_since(p, since) for p in path.parent.glob(path.name))
+    if not written_since(path, since):
+        return False
+    try:
+        return path.suffix != ".json" or isinstance(json.loads(path.read_text(encoding="utf-8")), dict)
+    except (OSError, ValueError):
+        return False
+
+
 def partial_rows(run_dir: Path) -> int:
     return sum(len(p.read_text(encoding="utf-8").splitlines()) for p in run_dir.glob("generations/*.partial.jsonl"))
 
@@ -199,11 +216,20 @@ def checkpoints(run_dir: Path) -> list[str]:
     return sorted(str(p.relative_to(run_dir)) for p in run_dir.glob("checkpoints/*/checkpoint-*"))
 
 
-# Kills wanted per stage type: 12 in all. Train and generate kills alternate between two anchors:
-# the stage marker (model loading, tokenising, reference log-probs, saving) and the first file of
-# the work itself (train_log.jsonl: Trainer steps and checkpoints; the side file: generated batches).
+# Kills wanted per stage type: 12 in all. Train and generate kills cycle through anchors: the stage
+# marker (None: model loading, tokenising, reference log-probs, saving), the first file of the work
+# itself (train_log.jsonl: Trainer steps and checkpoints; the side file: generated batches) and, for
+# training, the last step's checkpoint: that kill comes at once, between it and the final save, a
+# window too short for a random delay to hit reliably (resuming there once trained a step too many).
 WANTED = {"scorer": 1, "train": 4, "generate": 3, "score": 2, "report": 2}
-WORK_FILES = {"train": "checkpoints/{}/train_log.jsonl", "generate": "generations/{}.jsonl.partial.jsonl"}
+LAST_CHECKPOINT = f"checkpoints/{{}}/checkpoint-{MAX_STEPS}/trainer_state.json"
+# The report is the last stage: a kill that misses it has no next stage to land in. So its kills
+# come at once when its temporary folder appears, while the report's files are written there.
+REPORT_TEMP = ".report-new-*"
+AT_ONCE = (LAST_CHECKPOINT, REPORT_TEMP)
+ANCHORS = {"train": (None, "checkpoints/{}/train_log.jsonl", LAST_CHECKPOINT),
+           "generate": (None, "generations/{}.jsonl.partial.jsonl"),
+           "report": (REPORT_TEMP,)}
 
 
 def crash_run(config: Path, cwd: Path, took: dict[str, float], seed: int) -> list[dict]:
@@ -211,9 +237,13 @@ def crash_run(config: Path, cwd: Path, took: dict[str, float], seed: int) -> lis
 
     In each attempt the first stage that starts (its marker appears) and whose type still wants a
     kill is the target: the process group is killed a random time after the marker (or after the
-    stage's work file appears), drawn from `seed`. Returns one record per kill.
+    stage's work file appears), drawn from `seed`. The load on the machine changes how long a stage
+    takes, so the test does not rely on the delays: a target that finishes before its kill gets the
+    kill as the next stage starts instead, and later delays of its type scale with the time that
+    target took. Returns one record per kill.
     """
     rng = random.Random(seed)
+    took = dict(took)
     run_dir = cwd / "runs" / EXPERIMENT
     stages = run_dir / "stages"
     wanted = dict(WANTED)
@@ -224,22 +254,27 @@ def crash_run(config: Path, cwd: Path, took: dict[str, float], seed: int) -> lis
             since = time.time()
             proc = subprocess.Popen(bdpo_command(config), cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
                                     env=bdpo_env(), start_new_session=True)
-            target, anchor, deadline = None, None, None
+            target, anchor, deadline, missed = None, None, None, False
             try:
                 while proc.poll() is None:
                     stage = in_flight(stages, since) if stages.is_dir() else None
                     kind = stage.split("/")[0] if stage else None
                     if target is None and kind and wanted.get(kind, 0) > 0:
                         target = stage
-                        use_work_file = kind in WORK_FILES and sum(k["target"].startswith(kind) for k in kills) % 2
-                        anchor = run_dir / WORK_FILES[kind].format(stage.split("/")[1]) if use_work_file else None
-                        delay = rng.uniform(0.05, 0.6) * took[kind]
-                    if target is not None and deadline is None and (anchor is None or written_since(anchor, since)):
+                        anchors = ANCHORS.get(kind, (None,))
+                        pattern = anchors[sum(k["target"].startswith(kind) for k in kills) % len(anchors)]
+                        name = stage.split("/")[1] if "/" in stage else ""
+                        anchor = run_dir / pattern.format(name) if pattern else None
+                        delay = 0.0 if pattern in AT_ONCE else rng.uniform(0.05, 0.6) * took[kind]
+                    if target is not None and deadline is None and (anchor is None or anchor_ready(anchor, since)):
                         deadline = time.time() + delay
                     elif target is not None and deadline is None and stage != target:
                         # The target ended before its work file appeared (an earlier kill had left it
                         # nothing to do but its record): aim at the next stage instead.
                         target, anchor = None, None
+                    elif deadline is not None and stage is not None and stage != target:
+                        missed = True  # the target ended before its kill: the kill lands as the next stage starts
+                        break
                     if deadline is not None and time.time() >= deadline:
                         break
                     time.sleep(0.005)
@@ -250,11 +285,14 @@ def crash_run(config: Path, cwd: Path, took: dict[str, float], seed: int) -> lis
                 return kills
             assert proc.returncode == -signal.SIGKILL, log_path.read_text()[-3000:]
             landed = in_flight(stages, since)
-            kills.append({"target": target, "anchor": "work file" if anchor else "marker", "delay": round(delay, 3),
-                          "landed": landed, "partial_rows": partial_rows(run_dir),
+            kills.append({"target": target, "anchor": anchor.name if anchor else "marker", "delay": round(delay, 3),
+                          "missed": missed, "landed": landed, "partial_rows": partial_rows(run_dir),
                           "checkpoints": checkpoints(run_dir)})
             if landed and wanted.get(landed.split("/")[0], 0) > 0:
                 wanted[landed.split("/")[0]] -= 1
+            if missed:
+                kind = target.split("/")[0]
+                took[kind] = min(took[kind], seconds_of(stages, target))
             check_nothing_half_written(run_dir)
     raise AssertionError(f"the run did not finish: {kills}")
 

@@ -4,6 +4,7 @@ here, bad-row errors, the prompt-disjoint split, and prompt rendering with real 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -235,14 +236,229 @@ def test_load_sources_concatenates_and_rejects_duplicate_names(tmp_path: Path) -
     pairs, reports = load_sources(DataConfig(sources=(src("preference", path, name="a"), src("builtin-safety"))))
     assert [r.source for r in reports] == ["a", "builtin-safety"]
     assert len(pairs) == 2 + reports[1].kept
-    with pytest.raises(UserError, match="duplicate source names"):
-        load_sources(DataConfig(sources=(src("preference", path), src("preference", path))))
+    with pytest.raises(ValueError, match="duplicate source names"):
+        DataConfig(sources=(src("preference", path), src("preference", path)))
 
 
 def test_registry_lists_every_format_with_a_summary() -> None:
     names = DATA_FORMATS.names()
     for fmt in ("hh-rlhf", "pku-saferlhf", "pku-saferlhf-derived", "preference", "builtin-safety"):
         assert fmt in names and summary(DATA_FORMATS.get(fmt))
+
+
+# ------------------------------------------------------------------------------------------ public layouts
+# Rows written in the layouts of the public data sets (fields, nesting and key order as published;
+# the texts are this project's own).
+
+def msg(role: str, content: str) -> dict:
+    # Hub exports (Parquet, datasets) order a message's keys alphabetically: content, then role.
+    return {"content": content, "role": role}
+
+
+# TRL's four preference forms, the rows of TRL's "Dataset formats" guide.
+TRL_FORMS = {
+    "standard explicit": {"prompt": "The sky is", "chosen": " blue.", "rejected": " green."},
+    "standard implicit": {"chosen": "The sky is blue.", "rejected": "The sky is green."},
+    "conversational explicit": {"prompt": [{"role": "user", "content": "What color is the sky?"}],
+                                "chosen": [{"role": "assistant", "content": "It is blue."}],
+                                "rejected": [{"role": "assistant", "content": "It is green."}]},
+    "conversational implicit": {"chosen": [{"role": "user", "content": "What color is the sky?"},
+                                           {"role": "assistant", "content": "It is blue."}],
+                                "rejected": [{"role": "user", "content": "What color is the sky?"},
+                                             {"role": "assistant", "content": "It is green."}]},
+}
+
+HISTORY = [msg("system", "You answer in one sentence."), msg("user", "I am planning a trip to Lisbon."),
+           msg("assistant", "Lisbon is lovely in spring."), msg("user", "What should I eat there?")]
+MULTI_TURN_IMPLICIT = {"chosen": HISTORY + [msg("assistant", "Try pasteis de nata and grilled sardines.")],
+                       "rejected": HISTORY + [msg("assistant", "Food.")]}
+HH_STYLE_IMPLICIT = {"chosen": "\n\nHuman: Hi\n\nAssistant: Hello! How can I help?\n\nHuman: Name a fruit."
+                               "\n\nAssistant: An apple.",
+                     "rejected": "\n\nHuman: Hi\n\nAssistant: Hello! How can I help?\n\nHuman: Name a fruit."
+                                 "\n\nAssistant: A chair."}
+
+
+def _ultrafeedback_row(prompt: str, chosen: str, rejected: str, score_chosen: float, score_rejected: float) -> dict:
+    """A row of HuggingFaceH4/ultrafeedback_binarized (train_prefs/test_prefs), in its column order."""
+    conv_c = [msg("user", prompt), msg("assistant", chosen)]
+    return {"prompt": prompt, "prompt_id": hashlib.sha256(prompt.encode()).hexdigest(), "chosen": conv_c,
+            "rejected": [msg("user", prompt), msg("assistant", rejected)], "messages": conv_c,
+            "score_chosen": score_chosen, "score_rejected": score_rejected}
+
+
+ULTRAFEEDBACK = [
+    _ultrafeedback_row("Write a haiku about autumn.", "Red leaves drift and fall,\nquiet paths of amber light,\n"
+                       "the year exhales slow.", "Autumn is a season.", 8.5, 3.0),
+    _ultrafeedback_row("How many legs does a spider have?", "A spider has eight legs.", "Spiders have eight legs.",
+                       7.0, 6.5),
+    _ultrafeedback_row("Translate 'thank you' into French.", "Merci.", "Gracias.", 9.0, 2.0),
+]
+
+# Rows of Intel/orca_dpo_pairs: system (often empty), question, chosen, rejected, all strings.
+ORCA = [
+    {"system": "", "question": "What is the boiling point of water at sea level in Celsius?",
+     "chosen": "Water boils at 100 degrees Celsius at sea level.", "rejected": "About 50 degrees."},
+    {"system": "You are an AI assistant. You will be given a task. You must generate a detailed answer.",
+     "question": "Summarise: The cat sat on the mat all afternoon.",
+     "chosen": "A cat spent the afternoon sitting on a mat.", "rejected": "The dog ran."},
+]
+ORCA_COLUMNS = {"question": "prompt"}
+
+
+@pytest.mark.parametrize("form", sorted(TRL_FORMS))
+def test_trl_four_forms_load_as_trl_extracts_them(tmp_path: Path, form: str) -> None:
+    from trl.data_utils import maybe_extract_prompt
+
+    row = TRL_FORMS[form]
+    pair = load_source(src("preference", write_jsonl(tmp_path / "trl.jsonl", [row]))).pairs[0]
+    trl = maybe_extract_prompt(dict(row))
+    as_text = [trl[f] if isinstance(trl[f], str) else trl[f][-1]["content"] for f in ("chosen", "rejected")]
+    trl_prompt = trl["prompt"] if isinstance(trl["prompt"], list) else [{"role": "user", "content": trl["prompt"]}]
+    # TRL keeps the surrounding spaces; this harness strips every message and reply.
+    assert [dict(m) for m in pair.prompt] == [{**m, "content": m["content"].strip()} for m in trl_prompt]
+    assert (pair.chosen, pair.rejected) == tuple(t.strip() for t in as_text)
+    assert pair.prompt[-1]["role"] == "user" and pair.chosen != pair.rejected
+
+
+def test_implicit_prompts_keep_multi_turn_histories_and_system_messages(tmp_path: Path) -> None:
+    from trl.data_utils import extract_prompt
+
+    path = write_rows(tmp_path, [MULTI_TURN_IMPLICIT], "multi", ".parquet")
+    pair = load_source(src("preference", path)).pairs[0]
+    assert [dict(m) for m in pair.prompt] == [{"role": m["role"], "content": m["content"]} for m in HISTORY]
+    assert (pair.chosen, pair.rejected) == ("Try pasteis de nata and grilled sardines.", "Food.")
+    assert [dict(m) for m in pair.prompt] == extract_prompt(MULTI_TURN_IMPLICIT)["prompt"]
+    # Whole HH-style dialogues as strings: the shared turns up to the last assistant one, as hh-rlhf reads them.
+    hh_file = write_jsonl(tmp_path / "hh.jsonl", [HH_STYLE_IMPLICIT])
+    pair = load_source(src("preference", hh_file)).pairs[0]
+    assert pair.prompt == ({"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello! How can I help?"},
+                           {"role": "user", "content": "Name a fruit."})
+    assert (pair.chosen, pair.rejected) == ("An apple.", "A chair.")
+    assert pair.prompt == load_source(src("hh-rlhf", hh_file)).pairs[0].prompt
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
+def test_ultrafeedback_binarized_rows_load_as_they_are(tmp_path: Path, suffix: str) -> None:
+    path = write_rows(tmp_path, ULTRAFEEDBACK, "uf", suffix)
+    pairs, report = load_source(src("preference", path, name="uf"))
+    assert report.kept == 3 and report.dropped == {}
+    first = pairs[0]
+    assert first.prompt == ({"role": "user", "content": "Write a haiku about autumn."},)
+    assert first.chosen.startswith("Red leaves drift and fall,\nquiet paths") and first.rejected == "Autumn is a season."
+    assert first.meta == {"score_chosen": 8.5, "score_rejected": 3.0}
+    # min_score_margin drops pairs whose scores are too close, counted in the report.
+    pairs, report = load_source(src("preference", path, name="uf", options={"min_score_margin": 1.0}))
+    assert [p.chosen for p in pairs] == [ULTRAFEEDBACK[0]["chosen"][1]["content"], "Merci."]
+    assert report.dropped == {"score margin below 1": 1} and report.rows_read == 3
+    assert "dropped: 1 score margin below 1" in report.summary()
+
+
+def test_min_score_margin_is_checked(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"options.min_score_margin': must be at least 0"):
+        load_source(src("preference", write_jsonl(tmp_path / "uf.jsonl", ULTRAFEEDBACK),
+                        options={"min_score_margin": -1}))
+    with pytest.raises(ConfigError, match=r"options.min_score_margin': unknown parameter"):
+        load_source(src("pku-saferlhf-derived", tmp_path / "x.json", options={"min_score_margin": 1}))
+    with pytest.raises(UserError, match=r"std.jsonl:1: option min_score_margin needs field 'score_chosen'"):
+        load_source(src("preference", write_jsonl(tmp_path / "std.jsonl", STANDARD), options={"min_score_margin": 1}))
+
+
+def test_orca_dpo_pairs_load_through_a_column_mapping(tmp_path: Path) -> None:
+    path = write_rows(tmp_path, ORCA, "orca", ".parquet")
+    pairs = load_source(src("preference", path, name="orca", columns=ORCA_COLUMNS)).pairs
+    # An empty system adds no turn; a non-empty one is the prompt's system turn.
+    assert pairs[0].prompt == ({"role": "user", "content": ORCA[0]["question"]},)
+    assert pairs[1].prompt == ({"role": "system", "content": ORCA[1]["system"]},
+                               {"role": "user", "content": ORCA[1]["question"]})
+    assert (pairs[1].chosen, pairs[1].rejected) == (ORCA[1]["chosen"], ORCA[1]["rejected"])
+    # Without the mapping the rows have no prompt, and chosen and rejected share none: the error says how to map it.
+    with pytest.raises(UserError, match=r"orca.parquet: row 0: field 'chosen' and field 'rejected' share no prompt.*"
+                                        r"`columns`, e.g. \{question: prompt\}"):
+        load_source(src("preference", path))
+    # Renames apply at once, so two columns can swap names.
+    swapped = [{"prompt": r["question"], "chosen": r["rejected"], "rejected": r["chosen"]} for r in ORCA]
+    back = load_source(src("preference", write_jsonl(tmp_path / "swap.jsonl", swapped),
+                           columns={"chosen": "rejected", "rejected": "chosen"})).pairs
+    assert (back[1].chosen, back[1].rejected) == (ORCA[1]["chosen"], ORCA[1]["rejected"])
+
+
+def test_columns_are_validated(tmp_path: Path) -> None:
+    from harness.config import load_config
+
+    path = write_jsonl(tmp_path / "orca.jsonl", ORCA)
+    with pytest.raises(ConfigError, match=r"'data.sources.orca.columns.question': 'promt' is not a field of format "
+                                          r"'preference'. Did you mean 'prompt'\?"):
+        load_source(src("preference", path, name="orca", columns={"question": "promt"}))
+    with pytest.raises(ConfigError, match=r"columns.x': 'prompt' is not a field of format 'builtin-safety'"):
+        load_source(src("builtin-safety", columns={"x": "prompt"}))
+    with pytest.raises(ConfigError, match=r"config key 'data.sources.0.columns': expected column name: field name"):
+        load_config(None, ["data.sources.0.columns.question=3"])
+    with pytest.raises(ConfigError, match=r"'data.sources.0.columns': more than one column maps to \['prompt'\]"):
+        load_config(None, ["data.sources.0.columns.question=prompt", "data.sources.0.columns.system=prompt"])
+    with pytest.raises(UserError, match=r"orca.jsonl:1: columns 'question' and 'prompt' would both be field 'prompt'"):
+        load_source(src("preference", write_jsonl(path, [dict(ORCA[0], prompt="q")]), columns=ORCA_COLUMNS))
+
+
+# Bad rows in each layout: (file name, rows, source keywords, pattern of the one-line message).
+LAYOUT_BAD_CASES = {
+    "standard implicit, nothing shared": (
+        "a.jsonl", [{"chosen": "Blue.", "rejected": "Green."}], {},
+        r"a.jsonl:1: field 'chosen' and field 'rejected' share no prompt"),
+    "standard implicit, HH dialogue ending with a human turn": (
+        "b.jsonl", [{"chosen": "\n\nHuman: Hi\n\nAssistant: Hello.\n\nHuman: Bye",
+                     "rejected": "\n\nHuman: Hi\n\nAssistant: Yo."}],
+        {}, r"b.jsonl:1: field 'chosen': after the 1 messages shared .* roles \['assistant', 'user'\]"),
+    "conversational implicit, nothing shared": (
+        "c.jsonl", [{"chosen": [msg("user", "Hi"), msg("assistant", "Hello.")],
+                     "rejected": [msg("user", "Hey"), msg("assistant", "Yo.")]}], {},
+        r"c.jsonl:1: field 'chosen' and field 'rejected' share no prompt: their first messages differ"),
+    "conversational implicit, more than one reply": (
+        "d.jsonl", [{"chosen": [msg("user", "Hi"), msg("assistant", "Hello."), msg("user", "Bye")],
+                     "rejected": [msg("user", "Hi"), msg("assistant", "Yo.")]}], {},
+        r"d.jsonl:1: field 'chosen': after the 1 messages shared .* roles \['assistant', 'user'\]"),
+    "conversational implicit, bad role": (
+        "e.jsonl", [{"chosen": [msg("user", "Hi"), msg("bot", "Hello.")],
+                     "rejected": [msg("user", "Hi"), msg("assistant", "Yo.")]}], {},
+        r"e.jsonl:1: field 'chosen\[1\].role' is 'bot'"),
+    "conversational explicit, no prompt": (
+        "f.jsonl", [{"chosen": [msg("assistant", "Blue.")], "rejected": [msg("assistant", "Green.")]}], {},
+        r"f.jsonl:1: missing field 'prompt'"),
+    "mixed forms": (
+        "g.jsonl", [{"chosen": [msg("user", "Hi"), msg("assistant", "Hello.")], "rejected": "Yo."}], {},
+        r"g.jsonl:1: field 'chosen' is a conversation but field 'rejected' is a string"),
+    "ultrafeedback, prompt disagrees": (
+        "h.jsonl", [dict(ULTRAFEEDBACK[0], prompt="Write a limerick.")], {},
+        r"h.jsonl:1: field 'prompt' does not match what field 'chosen' and field 'rejected' share"),
+    "ultrafeedback, score not a number": (
+        "i.parquet", [dict(ULTRAFEEDBACK[0], score_chosen="high")], {},
+        r"i.parquet: row 0: field 'score_chosen' must be a finite number"),
+    "ultrafeedback, one score": (
+        "j.jsonl", [{k: v for k, v in ULTRAFEEDBACK[0].items() if k != "score_rejected"}], {},
+        r"j.jsonl:1: missing field 'score_rejected'"),
+    "ultrafeedback, empty reply": (
+        "k.jsonl", [dict(ULTRAFEEDBACK[0], rejected=[msg("user", ULTRAFEEDBACK[0]["prompt"]), msg("assistant", " ")])],
+        {}, r"k.jsonl:1: field 'rejected\[1\].content' is empty"),
+    "orca, empty question": (
+        "l.jsonl", [dict(ORCA[0], question=" ")], {"columns": ORCA_COLUMNS}, r"l.jsonl:1: field 'question' is empty"),
+    "orca, missing question": (
+        "m.jsonl", [{k: v for k, v in ORCA[1].items() if k != "question"}], {"columns": ORCA_COLUMNS},
+        r"m.jsonl:1: missing field 'question' \(the source's `columns` maps it to 'prompt'\)"),
+    "orca, system not a string": (
+        "n.jsonl", [dict(ORCA[1], system=["x"])], {"columns": ORCA_COLUMNS}, r"n.jsonl:1: field 'system' must be a string"),
+    "system twice": (
+        "o.jsonl", [dict(CONVERSATIONAL[0], system="Be kind.")], {},
+        r"o.jsonl:1: field 'system' is set but the prompt already starts with a system message"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(LAYOUT_BAD_CASES))
+def test_bad_rows_in_each_layout_give_one_line(tmp_path: Path, case: str) -> None:
+    name, rows, kwargs, pattern = LAYOUT_BAD_CASES[case]
+    path = write_rows(tmp_path, rows, Path(name).stem, Path(name).suffix)
+    with pytest.raises(UserError) as info:
+        load_source(src("preference", path, **kwargs))
+    message = str(info.value)
+    assert "\n" not in message and re.search(pattern, message), message
 
 
 # ------------------------------------------------------------------------------------------ bad rows
@@ -308,7 +524,8 @@ BAD_CASES = {
     "reply not assistant": ("preference", "l.jsonl",
                             lambda p: write_jsonl(p, [{"prompt": "q", "chosen": [{"role": "user", "content": "a"}],
                                                        "rejected": "b"}]),
-                            r"l.jsonl:1: field 'chosen' must be a string or a list with one assistant message"),
+                            r"l.jsonl:1: field 'chosen' is a conversation but field 'rejected' is a string; "
+                            r"give both as replies"),
     "hh without assistant": ("hh-rlhf", "m.jsonl",
                              lambda p: write_jsonl(p, [{"chosen": "\n\nHuman: hi", "rejected": "\n\nHuman: hi there"}]),
                              r"m.jsonl:1: field 'chosen' has no '\\n\\nAssistant:' turn"),
@@ -516,3 +733,42 @@ def test_render_with_stories260k_has_no_template(stories260k: Path) -> None:
                                        render_response(pair.rejected, tok, True), add_special_tokens=True)
     with pytest.raises(ValueError, match="must end with the user's message"):
         render_prompt(MULTI_TURN[:2], tok, use_chat_template=False)
+
+
+def test_multi_turn_histories_and_system_messages_reach_the_chat_template_intact(tmp_path: Path,
+                                                                                 smollm2_tokenizer) -> None:
+    """The trained tokens of each layout are exactly SmolLM2's template applied to the row's own
+    conversation: the prompt up to the generation prompt, then the reply up to its end marker."""
+    from trainers.logprobs import tokenize_pairs
+
+    tok = smollm2_tokenizer
+    hh = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello! How can I help?"},
+          {"role": "user", "content": "Name a fruit."}]
+    orca_prompt = [msg("system", ORCA[1]["system"]), msg("user", ORCA[1]["question"])]
+    cases = [  # (rows, source keywords, the row's chosen and rejected conversations)
+        ([MULTI_TURN_IMPLICIT], {}, MULTI_TURN_IMPLICIT["chosen"], MULTI_TURN_IMPLICIT["rejected"]),
+        ([HH_STYLE_IMPLICIT], {}, hh + [msg("assistant", "An apple.")], hh + [msg("assistant", "A chair.")]),
+        (ULTRAFEEDBACK[:1], {}, ULTRAFEEDBACK[0]["chosen"], ULTRAFEEDBACK[0]["rejected"]),
+        (ORCA[1:], {"columns": ORCA_COLUMNS}, orca_prompt + [msg("assistant", ORCA[1]["chosen"])],
+         orca_prompt + [msg("assistant", ORCA[1]["rejected"])]),
+    ]
+
+    def ids(text: str) -> list[int]:
+        return tok(text, add_special_tokens=False).input_ids
+
+    for i, (rows, kwargs, chosen_conv, rejected_conv) in enumerate(cases):
+        pair = load_source(src("preference", write_jsonl(tmp_path / f"{i}.jsonl", rows), **kwargs)).pairs[0]
+        (tokenized,), stats = tokenize_pairs([pair], tok, use_chat_template=True, max_length=4096,
+                                             max_prompt_length=4096)
+        assert stats.boundary_merged == 0 and stats.prompt_truncated == 0
+        prompt_text = tok.apply_chat_template(chosen_conv[:-1], tokenize=False, add_generation_prompt=True)
+        assert list(tokenized.prompt_ids) == ids(prompt_text)
+        for reply_ids, conv in ((tokenized.chosen_ids, chosen_conv), (tokenized.rejected_ids, rejected_conv)):
+            full = ids(tok.apply_chat_template(conv, tokenize=False))
+            trained = list(tokenized.prompt_ids + reply_ids)
+            # The template's newline after the end marker belongs to the next turn (render_response).
+            assert full[: len(trained)] == trained and tok.decode(full[len(trained):]) == "\n"
+        system = chosen_conv[0]["content"] if chosen_conv[0]["role"] == "system" else None
+        decoded = tok.decode(tokenized.prompt_ids)
+        assert (system in decoded) if system else "named SmolLM" in decoded  # the row's system, else the default
+        assert ("named SmolLM" in decoded) == (system is None)

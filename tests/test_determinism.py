@@ -2,8 +2,9 @@
 results.json apart from its `timestamps` field, and byte-identical data splits, train logs, weights,
 generations, scores and leaderboards.
 
-The two runs are the tiny run of test_crash_resume (real HH-RLHF pairs, the 260K Llama, every stage),
-started from two working directories with the relative run_root `runs`, so their configs are equal.
+The two runs are the tiny run of test_crash_resume (real HH-RLHF pairs and the 260K Llama from
+../shared, or without it the built-in safety pairs and a tiny random Llama; every stage), started
+from two working directories with the relative run_root `runs`, so their configs are equal.
 """
 
 from __future__ import annotations

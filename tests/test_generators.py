@@ -198,10 +198,11 @@ def test_model_hash_is_remembered_until_a_file_changes(tmp_path) -> None:
 
 
 def test_bad_settings_are_refused_before_a_model_loads(models) -> None:
-    with pytest.raises(UserError, match="identical completions"):
-        build_generator(models["tiny-llama-random"], ModelConfig(), GenerateConfig(n=3))
-    with pytest.raises(UserError, match="stop strings must not be empty"):
-        build_generator(models["tiny-llama-random"], ModelConfig(), GenerateConfig(stop=("",)))
+    # Settings no engine can serve are refused by the config itself (so by `bdpo validate` too).
+    with pytest.raises(ValueError, match="identical completions"):
+        GenerateConfig(n=3)
+    with pytest.raises(ValueError, match="stop strings must not be empty"):
+        GenerateConfig(stop=("",))
     with pytest.raises(UserError, match="Did you mean 'vllm'"):
         pick_generator("vlm", models["tiny-llama-random"])
     with pytest.raises(ValueError, match="top_p"):
@@ -250,18 +251,15 @@ def test_cli_generate_then_reuse(models, tmp_path, capsys) -> None:
     assert "identical completions" in capsys.readouterr().err
 
 
-def test_cli_takes_the_configs_held_out_prompts(models, tmp_path) -> None:
-    from harness.config import load_config
-    from harness.data import load_sources, split_pairs
-
-    out = tmp_path / "gen.jsonl"
-    overrides = [f"model.path={models['tiny-llama-random']}", "generate.generator=transformers", "data.eval_prompts=3"]
-    assert main(["generate", *overrides, "--out", str(out), "--max-new-tokens", "2", "--no-progress"]) == 0
-    cfg = load_config(None, overrides)
-    pairs, _ = load_sources(cfg.data)
-    held_out = split_pairs(pairs, seed=cfg.data.split_seed, scorer_fraction=cfg.data.scorer_fraction,
-                           eval_prompts=3).eval_prompts
-    assert [r["prompt_id"] for r in read_rows(out)] == [p.prompt_id for p in held_out]
+def test_cli_generates_the_runs_held_out_prompts_as_the_pipeline_does(models, tmp_path) -> None:
+    """With a config and no --prompts/--out, `bdpo generate` is the pipeline's generate stage."""
+    out = tmp_path / "runs" / "quickstart"
+    overrides = [f"run_root={tmp_path / 'runs'}", f"model.path={models['tiny-llama-random']}",
+                 "generate.generator=transformers", "data.eval_prompts=3"]
+    assert main(["generate", *overrides, "--variant", "reference", "--max-new-tokens", "2", "--no-progress"]) == 0
+    held_out = [r["prompt_id"] for r in read_rows(out / "data" / "prompts.jsonl")]
+    assert [r["prompt_id"] for r in read_rows(out / "generations" / "reference.jsonl")] == held_out
+    assert (out / "stages" / "generate" / "reference.json").exists()
 
 
 # ------------------------------------------------------------------------------------------------

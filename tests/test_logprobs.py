@@ -106,3 +106,52 @@ def test_batched_sequence_logps_equal_a_token_by_token_computation(stories260k, 
         direct(t.prompt_ids, t.rejected_ids) for t in tokenized]
     assert torch.allclose(logps.double(), torch.tensor(expected, dtype=torch.float64), rtol=1e-5, atol=1e-4)
     assert n_tokens.tolist() == batch["response_mask"].sum(1).tolist()
+
+
+@pytest.mark.parametrize("lora", [False, True])
+@pytest.mark.parametrize("bf16", [False, True])
+def test_response_position_head_equals_full_logits_with_gradients(stories260k, tokenizer, lora, bf16, monkeypatch):
+    """The fast path (LM head at response positions, in chunks) against full [N, T, vocab] logits:
+    same log-probs and same parameter gradients, trainable head (full fine-tuning) and frozen head (LoRA)."""
+    import trainers.logprobs as logprobs
+    from trainers.logprobs import full_logits_logps
+
+    monkeypatch.setattr(logprobs, "LOGPROB_CHUNK", 7)  # several chunks, the last one partial
+    tokenized, _ = tokenize_pairs(PAIRS, tokenizer, use_chat_template=False, max_length=64, max_prompt_length=32)
+    batch = collate(tokenized, pad_token_id=tokenizer.pad_token_id)
+    results = []
+    for fn in (sequence_logps, full_logits_logps):
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_pretrained(stories260k, dtype=torch.float32)
+        if lora:
+            from peft import LoraConfig, get_peft_model
+
+            model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                                     init_lora_weights=False))
+        assert logprobs._plain_head(logprobs._causal_lm(model))  # stories260k takes the fast path
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logps, n = fn(model, **batch)
+        weights = torch.arange(1, len(logps) + 1, dtype=torch.float32)  # a loss that weighs every row differently
+        (weights * logps).sum().backward()
+        grads = {k: p.grad.clone() for k, p in model.named_parameters() if p.requires_grad}
+        results.append((logps.detach(), n, grads))
+    (fast, n_fast, g_fast), (full, n_full, g_full) = results
+    assert torch.equal(n_fast, n_full)
+    tol = dict(rtol=2e-2, atol=5e-2) if bf16 else dict(rtol=1e-5, atol=1e-4)
+    assert torch.allclose(fast, full, **tol)
+    assert g_fast.keys() == g_full.keys() and len(g_fast) > 0
+    for name in g_full:
+        err = torch.linalg.norm(g_fast[name] - g_full[name]) / torch.linalg.norm(g_full[name])
+        assert err <= (2e-2 if bf16 else 1e-5), (name, float(err))
+
+
+def test_padded_share_counts_the_padding_of_each_batch(tokenizer):
+    from trainers.logprobs import pair_length, padded_share
+
+    tokenized, _ = tokenize_pairs(PAIRS, tokenizer, use_chat_template=False, max_length=64, max_prompt_length=32)
+    batch = collate(tokenized, pad_token_id=tokenizer.pad_token_id)
+    expected = 1 - batch["attention_mask"].float().mean().item()
+    assert padded_share(tokenized, [0, 1, 2], 3) == pytest.approx(expected)
+    assert padded_share(tokenized, [0, 1, 2], 1) == pytest.approx(
+        1 - sum(len(t.prompt_ids) * 2 + len(t.chosen_ids) + len(t.rejected_ids) for t in tokenized)
+        / sum(2 * pair_length(t) for t in tokenized))

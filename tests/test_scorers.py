@@ -20,7 +20,9 @@ from harness.io import read_jsonl
 from harness.records import PreferencePair
 from harness.registries import SCORERS
 from tests.conftest import shared_path
-from trainers.scorer_training import best_separating_offset, bt_loss, minilm_path, train_bt_scorer
+from evaluators.scorer_calibration import best_separating_offset
+from harness.scorer_stage import train_scorer
+from trainers.scorer_training import bt_loss, minilm_path
 
 PAIRS = [  # (prompt, response): different lengths, so length bucketing reorders them
     ("What is 2 + 2?", "4."),
@@ -225,6 +227,12 @@ def test_encode_pair_keeps_the_response_when_truncating() -> None:
 # --------------------------------------------------------------------------------------------
 
 
+def bt(score_type: str, *, max_steps: int, batch_size: int, lr: float, max_length: int) -> ScorerConfig:
+    """A trained scorer's config (MiniLM backbone) with these training settings."""
+    return ScorerConfig(name=score_type, score_type=score_type, train_steps=max_steps, train_batch_size=batch_size,
+                        train_learning_rate=lr, train_max_length=max_length)
+
+
 @pytest.fixture(scope="module")
 def hh_reward(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, list[PreferencePair]]:
     """A reward model trained on 400 real HH helpful-base pairs; 200 held-out prompts' pairs."""
@@ -232,8 +240,8 @@ def hh_reward(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, lis
     pairs, _ = load_source(DataSourceConfig(format="hh-rlhf", path=str(path)))
     split = split_pairs(pairs, seed=0, scorer_fraction=0.0, eval_prompts=200)
     out = tmp_path_factory.mktemp("bt") / "hh-reward"
-    meta = train_bt_scorer(split.train_pairs[:400], "reward", out, max_steps=25, batch_size=16, lr=2e-4,
-                           max_length=128, seed=0, eval_pairs=split.eval_pairs)
+    meta = train_scorer(bt("reward", max_steps=25, batch_size=16, lr=2e-4, max_length=128),
+                        split.train_pairs[:400], split.eval_pairs, out, seed=0)
     return out, meta, split.eval_pairs
 
 
@@ -270,8 +278,8 @@ def swapped(pairs: list[PreferencePair]) -> list[PreferencePair]:
 
 def test_bt_cost_with_safety_labels_makes_zero_the_threshold(tmp_path: Path, safety_split) -> None:
     train, held = safety_split
-    meta = train_bt_scorer(train, "cost", tmp_path / "cost", max_steps=30, batch_size=8, lr=1e-4, max_length=64,
-                           seed=0, eval_pairs=held)
+    meta = train_scorer(bt("cost", max_steps=30, batch_size=8, lr=1e-4, max_length=64), train, held,
+                        tmp_path / "cost", seed=0)
     assert meta["offset"] == 0.0 and meta["calibration"]["n_pairs"] == len(train)
     assert meta["heldout"]["accuracy"] > 0.8 and not meta["sign_inverted"]
     scorer = build_scorer(ScorerConfig(name="cost", type="bradley-terry", score_type="cost"), str(tmp_path / "cost"))
@@ -287,8 +295,8 @@ def test_inverted_sign_is_flagged_and_recorded(tmp_path: Path, safety_split) -> 
     # A reward model trained with the preference the wrong way round (the unsafe reply "chosen"):
     # on its own, correctly labelled, validation pairs it ranks below chance.
     with pytest.warns(UserWarning, match="sign looks inverted"):
-        meta = train_bt_scorer(swapped(train), "reward", tmp_path / "flipped", max_steps=30, batch_size=8, lr=1e-4,
-                               max_length=64, seed=0, eval_pairs=held)
+        meta = train_scorer(bt("reward", max_steps=30, batch_size=8, lr=1e-4, max_length=64), swapped(train), held,
+                            tmp_path / "flipped", seed=0)
     assert meta["sign_inverted"] is True and meta["heldout"]["ci_high"] < 0.5
     assert json.loads((tmp_path / "flipped" / "scorer.json").read_text())["sign_inverted"] is True
     with pytest.warns(UserWarning, match="sign looks inverted"):

@@ -13,7 +13,7 @@ import torch
 from harness.cli import main
 from harness.config import SyntheticConfig, SyntheticMethodConfig
 from harness.io import read_json
-from reports.synthetic import markdown_table, write_synthetic_report
+from reports.synthetic import markdown_table, verdict, verdict_table, write_synthetic_report
 from trainers.synthetic import (
     data_rng, make_problem, masked_cells, ood_overestimation, preference_prob, project_to_simplex,
     run_synthetic, sample_pairs, simulate, utility_table,
@@ -152,7 +152,7 @@ def test_command_writes_results_table_and_plots(tmp_path, capsys):
     assert results["mask_rates"] == ["0", "0.2"]
     assert set(results["vs_baseline"]) == {"bdpo", "nbdpo-sym", "nbdpo-asym"}
     table = (out / "table.md").read_text()
-    assert table == markdown_table(results) and "| 0.2 | bdpo |" in table
+    assert table == markdown_table(results) + "\n" + verdict_table(results) and "| 0.2 | bdpo |" in table
     for name in ("utility_curves.png", "ood_mass.png", "grad_ratio_hist.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # The report rebuilds from the JSON alone, anywhere.
@@ -191,13 +191,42 @@ def test_config_file_section_and_overrides(tmp_path):
     results = read_json(tmp_path / "runs" / "synthetic" / "results.json")
     assert results["config"]["steps"] == 10 and results["config"]["log_every"] == 5
     bdpo = next(m for m in results["methods"] if m["name"] == "bdpo")
-    assert bdpo["params"] == {"beta": 0.1, "clip": 0.3, "scale": 2.0, "lambda_from": "sum"}
+    assert bdpo["params"] == {"beta": 0.1, "clip": 0.3, "scale": 2.0, "lambda_from": "sum", "sft_weight": 0.0}
     assert results["curves"]["steps"] == [0, 5, 10]
 
 
 def test_missing_config_file_is_a_user_error(tmp_path, capsys):
     assert main(["synthetic", str(tmp_path / "nope.yaml"), "--out", str(tmp_path)]) == 2
     assert "nope.yaml: config file not found" in capsys.readouterr().err
+
+
+def test_family_config_and_methods_option(tmp_path, capsys):
+    out = tmp_path / "family"
+    args = ["synthetic", "configs/synthetic-family.yaml", "n_seeds=2", "steps=4", "log_every=2", "mask_rates=[0.4]",
+            "--methods", "dpo,simpo,cal-dpo,rpo", "--out", str(out), "--no-progress"]
+    assert main(args) == 0
+    results = read_json(out / "results.json")
+    assert [m["name"] for m in results["methods"]] == ["dpo", "cal-dpo", "simpo", "rpo"]  # the config's order
+    assert next(m for m in results["methods"] if m["name"] == "rpo")["params"] == {"beta": 0.1, "sft_weight": 1.0}
+    # SimPO has no reference, so no implicit reward beta*log(pi/pi_ref) to overestimate with.
+    assert results["summary"]["simpo"]["0.4"]["ood_overestimation"] is None
+    assert results["summary"]["cal-dpo"]["0.4"]["ood_overestimation"] is not None
+    assert "| simpo |" in (out / "table.md").read_text().split("Which methods beat dpo")[1]
+    # The whole config (12 methods) is valid; an unknown or baseline-less selection is a one-line error.
+    assert main(["synthetic", "configs/synthetic-family.yaml", "--methods", "dpo,simpp", "--out", str(tmp_path / "x")]) == 2
+    assert "Did you mean 'simpo'" in capsys.readouterr().err
+    assert main(["synthetic", "configs/synthetic-family.yaml", "--methods", "nca", "--out", str(tmp_path / "x")]) == 2
+    assert "baseline 'dpo'" in capsys.readouterr().err
+    assert not (tmp_path / "x" / "results.json").exists()
+
+
+def test_verdict_needs_the_ci_to_exclude_zero():
+    stat = lambda m, lo, hi: {"mean": m, "ci_low": lo, "ci_high": hi, "n": 20}  # noqa: E731
+    assert verdict(stat(0.05, 0.01, 0.09), higher_is_better=True) == "better"
+    assert verdict(stat(0.05, 0.01, 0.09), higher_is_better=False) == "worse"
+    assert verdict(stat(-0.05, -0.09, -0.01), higher_is_better=True) == "worse"
+    assert verdict(stat(0.05, -0.01, 0.11), higher_is_better=True) == "no difference"
+    assert verdict(None, True) == "–" and verdict(stat(0.1, None, None), True) == "–"
 
 
 def test_methods_are_config_entries():

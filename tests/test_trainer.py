@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from harness.config import DataSourceConfig, LoraConfig, ModelConfig, TrainConfi
 from harness.data import load_source
 from harness.errors import UserError
 from harness.io import read_jsonl
+from harness.models import MERGED, is_adapter, merge_adapter
 from harness.registries import LOSSES
 from tests.conftest import shared_path
 from trainers.logprobs import collate, sequence_logps, tokenize_pairs
@@ -69,7 +71,8 @@ def test_a_few_steps_of_each_loss_lower_it_and_raise_reward_accuracy(loss, model
     rows = read_jsonl(tmp_path / "out" / "train_log.jsonl")
     assert [r["step"] for r in rows] == list(range(1, 7))
     first, last = rows[0], rows[-1]
-    assert first["rewards/margins"] == 0.0  # policy == reference at step 1
+    if LOSSES.get(loss).uses_reference:
+        assert first["rewards/margins"] == 0.0  # policy == reference at step 1
     assert last["loss"] < first["loss"]
     assert last["rewards/accuracies"] > first["rewards/accuracies"]
     assert last["rewards/accuracies"] >= 0.75
@@ -93,7 +96,7 @@ def test_tensorboard_events_hold_the_train_log(model_cfg, pairs, cache_dir, tmp_
         assert [e.value for e in scalars] == pytest.approx([r[name] for r in rows], rel=1e-6), name
 
 
-def test_checkpoint_reloads_with_the_same_logps_and_lora_is_merged(model_cfg, pairs, cache_dir, tmp_path):
+def test_lora_unit_is_saved_as_an_adapter_and_merges_to_the_trained_weights(model_cfg, pairs, cache_dir, tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(model_cfg.path)
     tokenized, _ = tokenize_pairs(pairs, tokenizer, use_chat_template=True, max_length=MAX_LENGTH,
                                   max_prompt_length=MAX_PROMPT)
@@ -106,22 +109,39 @@ def test_checkpoint_reloads_with_the_same_logps_and_lora_is_merged(model_cfg, pa
             with torch.no_grad():
                 seen["logps"] = sequence_logps(model, **batch)[0]
 
-    cfg = train_cfg(max_steps=3, learning_rate=1e-2, lora=LoraConfig(enabled=True, r=4, alpha=8))
+    cfg = train_cfg(max_steps=3, learning_rate=1e-2, lora=LoraConfig(enabled=True, r=4, alpha=8, save_merged=True))
     out = tmp_path / "lora"
     train_policy(model_cfg, cfg, VariantConfig(), pairs, out, seed=0, cache_dir=cache_dir, progress=False,
                  callbacks=[InMemory()])
-    reloaded = AutoModelForCausalLM.from_pretrained(out).eval()
+    # The unit itself is the adapter only: LoRA weights, no copy of the base model.
+    assert is_adapter(out) and not (out / "model.safetensors").exists()
+    adapter = load_file(str(out / "adapter_model.safetensors"))
+    assert adapter and all("lora_" in k for k in adapter)
+    assert not (out / "training_args.bin").exists()
+    # merged/ (train.lora.save_merged) is a plain Llama with the trained weights...
+    merged = out / MERGED
+    reloaded = AutoModelForCausalLM.from_pretrained(merged).eval()
     assert type(reloaded).__name__ == "LlamaForCausalLM"
-    assert not any("lora" in k for k in weights(out))
-    assert not (out / "training_args.bin").exists() and not (out / "adapter_config.json").exists()
+    assert not any("lora" in k for k in weights(merged))
     with torch.no_grad():
         again = sequence_logps(reloaded, **batch)[0]
         base = sequence_logps(AutoModelForCausalLM.from_pretrained(model_cfg.path).eval(), **batch)[0]
     assert torch.allclose(again, seen["logps"], rtol=1e-5, atol=1e-4)
     assert not torch.allclose(again, base, atol=1e-2)  # the adapter did change the model
+    # ...and merging the saved adapter into the base later gives exactly those weights.
+    remerged = weights(merge_adapter(model_cfg.path, out, tmp_path / "remerged"))
+    assert remerged.keys() == weights(merged).keys()
+    assert all(torch.equal(remerged[k], w) for k, w in weights(merged).items())
     record = json.loads((out / "train_record.json").read_text())
-    assert record["complete"] and record["lora_merged"] and record["step"] == 3
+    assert record["complete"] and record["weights"] == "lora-adapter+merged" and record["step"] == 3
     assert record["tokenization"]["max_length"] == MAX_LENGTH and "torch" in record["environment"]["versions"]
+
+
+def test_lora_without_save_merged_keeps_no_merged_copy(model_cfg, pairs, cache_dir, tmp_path):
+    cfg = train_cfg(max_steps=1, lora=LoraConfig(enabled=True, r=4, alpha=8))
+    train_policy(model_cfg, cfg, VariantConfig(), pairs, tmp_path / "lora", seed=0, cache_dir=cache_dir, progress=False)
+    assert is_adapter(tmp_path / "lora") and not (tmp_path / "lora" / MERGED).exists()
+    assert json.loads((tmp_path / "lora" / "train_record.json").read_text())["weights"] == "lora-adapter"
 
 
 class Crash(RuntimeError):
@@ -154,11 +174,34 @@ def test_resume_after_a_crash_gives_exactly_the_uninterrupted_weights(model_cfg,
     assert [r["step"] for r in log_b] == [1, 2, 3, 4, 5] and log_a == log_b
     record = json.loads((tmp_path / "b" / "train_record.json").read_text())
     assert record["resumed_from"].endswith("checkpoint-3")
+    assert record["padding"]["group_by_length"]  # the default: the resumed order is the grouped one
+    assert record["precision"] == {"weights": "torch.float32", "autocast": "None"}
     # A finished directory is not retrained; one with other settings is refused, not overwritten.
     assert train_policy(model_cfg, cfg, variant, pairs, tmp_path / "b", seed=3, cache_dir=cache_dir,
                         progress=False) == record["final_metrics"]
     with pytest.raises(UserError, match="other settings"):
         train_policy(model_cfg, cfg, variant, pairs, tmp_path / "b", seed=4, cache_dir=cache_dir, progress=False)
+
+
+def test_a_run_stopped_after_its_last_checkpoint_takes_no_extra_step(model_cfg, pairs, cache_dir, tmp_path):
+    # The crash test's case: a kill after the final step's checkpoint but before the final save.
+    # Trainer checks max_steps only after a step, so resuming from that checkpoint took step 4 and
+    # logged it (3 steps of batch 4 do not fill a whole number of epochs of 8 pairs).
+    cfg = train_cfg(max_steps=3, batch_size=4, save_every=1)
+    variant = VariantConfig(name="dpo", loss="dpo")
+    train_policy(model_cfg, cfg, variant, pairs, tmp_path / "a", seed=1, cache_dir=cache_dir, progress=False)
+    with pytest.raises(Crash):
+        train_policy(model_cfg, cfg, variant, pairs, tmp_path / "b", seed=1, cache_dir=cache_dir, progress=False,
+                     callbacks=[CrashAfterSave(3)])
+    assert (tmp_path / "b" / "checkpoint-3").is_dir() and not (tmp_path / "b" / "train_record.json").exists()
+    metrics = train_policy(model_cfg, cfg, variant, pairs, tmp_path / "b", seed=1, cache_dir=cache_dir,
+                           progress=False)
+
+    assert read_jsonl(tmp_path / "b" / "train_log.jsonl") == read_jsonl(tmp_path / "a" / "train_log.jsonl")
+    a, b = weights(tmp_path / "a"), weights(tmp_path / "b")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert metrics["step"] == 3 and not (tmp_path / "b" / "checkpoint-4").exists()
+    assert json.loads((tmp_path / "b" / "train_record.json").read_text())["resumed_from"].endswith("checkpoint-3")
 
 
 def test_dpo_loss_and_gradients_equal_trl_dpo_trainer(model_cfg, tmp_path):
@@ -263,6 +306,18 @@ def test_training_reuses_the_reference_cache_and_warms_the_reference_up(model_cf
     assert read_jsonl(tmp_path / "warm" / "train_log.jsonl")[0]["rewards/chosen"] != 0.0
 
 
+def test_a_loss_without_reference_skips_the_reference_pass(model_cfg, pairs, tmp_path):
+    cache = tmp_path / "cache"
+    cfg = train_cfg(max_steps=2, reference_warmup_steps=2)  # no warm-up either: there is no reference
+    train_policy(model_cfg, cfg, VariantConfig(name="simpo", loss="simpo"), pairs, tmp_path / "simpo", 0, cache,
+                 progress=False)
+    record = json.loads((tmp_path / "simpo" / "train_record.json").read_text())
+    assert record["reference"]["kind"] == "none" and record["reference"]["path"] is None
+    assert not (cache / "ref-logps").exists() and not (cache / "reference-warmup").exists()
+    rows = read_jsonl(tmp_path / "simpo" / "train_log.jsonl")
+    assert all(math.isfinite(r["loss"]) for r in rows)
+
+
 class Poison(TrainerCallback):
     """Makes a weight NaN at a chosen moment, as a diverged update would."""
 
@@ -337,6 +392,8 @@ def test_cli_trains_each_variant_and_prints_a_summary(model_cfg, tmp_path, capsy
     config = tmp_path / "run.yaml"
     config.write_text(f"""
 experiment: cli
+run_root: {tmp_path / 'runs'}
+seeds: [0, 1]
 model: {{path: "{model_cfg.path}", dtype: float32}}
 data:
   sources: [{{format: hh-rlhf, path: "{shared_path('data', 'hh-rlhf')}", max_pairs: 10,
@@ -347,14 +404,35 @@ variants:
   - {{name: dpo, loss: dpo, params: {{beta: 0.1}}}}
   - {{name: bdpo, loss: bdpo, params: {{beta: 0.1, clip: 0.3}}}}
 """)
-    out = tmp_path / "ckpt"
-    assert main(["train", str(config), "train.learning_rate=1e-3", "--output-dir", str(out), "--seed", "1",
-                 "--no-progress"]) == 0
+    assert main(["train", str(config), "train.learning_rate=1e-3", "--seed", "1", "--no-progress"]) == 0
     printed = capsys.readouterr()
     assert "dpo-seed1" in printed.out and "bdpo-seed1" in printed.out and "reward accuracy" in printed.out
-    assert "training on 8 pairs" in printed.err and "tokenisation:" in printed.err
+    assert "'train_pairs': 8" in printed.err and "tokenisation:" in printed.err
+    out = tmp_path / "runs" / "cli" / "checkpoints"
+    assert sorted(p.name for p in out.iterdir()) == ["bdpo-seed1", "dpo-seed1"]
     for unit in ("dpo-seed1", "bdpo-seed1"):
         record = json.loads((out / unit / "train_record.json").read_text())
         assert record["step"] == 2 and record["config"]["train"]["learning_rate"] == 1e-3
-    assert main(["train", str(config), "--variant", "bdp", "--output-dir", str(out)]) == 2
+    assert main(["train", str(config), "--variant", "bdp"]) == 2
     assert "Did you mean 'bdpo'" in capsys.readouterr().err
+
+
+def test_length_grouped_order_is_a_seeded_permutation_with_less_padding(model_cfg):
+    from trainers.logprobs import pair_length, padded_share
+    from trainers.trainer import _LengthGroupedSampler, padding_stats
+
+    tokenizer = AutoTokenizer.from_pretrained(model_cfg.path)
+    source = DataSourceConfig(format="hh-rlhf", path=str(shared_path("data", "hh-rlhf")), max_pairs=64,
+                              options={"subsets": ["helpful-base"], "split": "test"})
+    tokenized, _ = tokenize_pairs(load_source(source).pairs, tokenizer, use_chat_template=True, max_length=256,
+                                  max_prompt_length=128)
+    sampler = _LengthGroupedSampler([pair_length(p) for p in tokenized], 4, seed=5)
+    first = list(sampler)
+    assert sorted(first) == list(range(len(tokenized))) and list(sampler) == first  # same order when re-read
+    sampler.set_epoch(1)
+    assert list(sampler) != first  # a new shuffle each epoch
+    stats = padding_stats(tokenized, 4, seed=5)
+    assert stats["padded_share_grouped"] == padded_share(tokenized, first, 4)
+    # 64 pairs in batches of 4: mega-batches of 16 pairs (transformers: at least 4 mega-batches).
+    assert stats["padded_share_grouped"] < 0.8 * stats["padded_share_shuffled"]
+    assert 0 < stats["response_share"] < 1

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import logging
+import math
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -46,6 +47,16 @@ class ReferenceLogps:
     cache_hit: bool
 
 
+def no_reference(n_pairs: int) -> ReferenceLogps:
+    """The stand-in for a loss that reads no reference (SimPO): NaN log-probs [n_pairs], nothing computed.
+
+    NaN rather than zeros: a loss that declared `uses_reference = False` and read them anyway would
+    give a NaN loss, which the trainer's finite check stops at once.
+    """
+    nan = torch.full((n_pairs,), math.nan)
+    return ReferenceLogps(nan, nan.clone(), key="none", cache_hit=False)
+
+
 def warmup_dir(cache_dir: Path, base_model_hash: str, tokens_hash: str, train_cfg: TrainConfig, seed: int) -> Path:
     """Where the reference warmed up by `train_cfg.reference_warmup_steps` DPO steps lives."""
     key = sha256_json({"model": base_model_hash, "tokens": tokens_hash, "seed": seed,
@@ -59,8 +70,10 @@ def warmup_train_config(train_cfg: TrainConfig) -> TrainConfig:
     return dataclasses.replace(train_cfg, max_steps=train_cfg.reference_warmup_steps, reference_warmup_steps=0)
 
 
-def _compute(model: torch.nn.Module, pairs: Sequence[TokenizedPair], pad_token_id: int, batch_size: int,
-             autocast_dtype: torch.dtype | None, progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def pair_logps(model: torch.nn.Module, pairs: Sequence[TokenizedPair], pad_token_id: int, batch_size: int,
+               autocast_dtype: torch.dtype | None, progress: bool, desc: str = "reference log-probs"
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed response log-probs of every pair under `model` (eval mode, no grad): chosen, rejected [N]."""
     device = next(model.parameters()).device
     chosen, rejected = [], []
     model.eval()
@@ -68,7 +81,7 @@ def _compute(model: torch.nn.Module, pairs: Sequence[TokenizedPair], pad_token_i
     with torch.no_grad(), torch.autocast(device.type, dtype=autocast_dtype or torch.float32,
                                          enabled=autocast_dtype is not None):
         with progress_bar(progress, transient=True) as bar:
-            task = bar.add_task("reference log-probs", total=len(pairs))
+            task = bar.add_task(desc, total=len(pairs))
             for start in batches:
                 batch = {k: v.to(device) for k, v in collate(pairs[start:start + batch_size], pad_token_id).items()}
                 logps, _ = sequence_logps(model, **batch)
@@ -99,7 +112,7 @@ def reference_logps(model_dir: str | Path, pairs: Sequence[TokenizedPair], *, ca
         if not path.exists():
             hit = False
             model = AutoModelForCausalLM.from_pretrained(model_dir, **load_kwargs).to(device)
-            chosen, rejected = _compute(model, pairs, pad_token_id, batch_size, autocast_dtype, progress)
+            chosen, rejected = pair_logps(model, pairs, pad_token_id, batch_size, autocast_dtype, progress)
             del model
             gc.collect()
             if torch.cuda.is_available():

@@ -39,7 +39,7 @@ from harness.io import atomic_write_json
 from harness.progress import progress_bar
 from harness.provenance import environment, timestamp
 from harness.registries import LOSSES
-from trainers.losses import LossOutput, PairLogps
+from trainers.losses import LossOutput, PairLogps, log_grad_ratio
 
 DTYPE = torch.float64
 RESULTS_FILE = "results.json"
@@ -54,7 +54,7 @@ METRICS = {
     "ood_overestimation": (
         "mean over masked cells of the implicit reward beta*log(pi/pi_ref) minus the true reward "
         "reward_scale*u, both centred on the prompt's unmasked cells (> 0: masked cells look better "
-        "than they are; null without a mask)", False),
+        "than they are; null without a mask, and for a loss without a reference)", False),
 }
 
 
@@ -213,21 +213,22 @@ def train(table: Tensor, ref_log_pi: Tensor, pair_index: tuple[Tensor, Tensor], 
         flat = log_pi.flatten(1)
         chosen, rejected = flat.gather(1, chosen_idx), flat.gather(1, rejected_idx)
         total = torch.zeros((), dtype=DTYPE)
-        outs = []
+        outs, inputs = [], []
         for g, lens in zip(groups, lengths):
             n_runs = g.runs.stop - g.runs.start
-            out = g.fn(PairLogps(chosen[g.runs].reshape(-1), rejected[g.runs].reshape(-1),
-                                 ref_chosen[g.runs].reshape(-1), ref_rejected[g.runs].reshape(-1), lens, lens),
-                       **g.params)
+            logps = PairLogps(chosen[g.runs].reshape(-1), rejected[g.runs].reshape(-1),
+                              ref_chosen[g.runs].reshape(-1), ref_rejected[g.runs].reshape(-1), lens, lens)
+            out = g.fn(logps, **g.params)
             # Sum over runs of each run's mean loss: runs stay independent.
             total = total + out.losses.view(n_runs, -1).mean(dim=1).sum()
             outs.append(out)
+            inputs.append(logps)
         if observe is not None and (step % cfg.log_every == 0 or step == steps):
             observe(Observation(
                 step=step,
                 log_pi=log_pi.detach(),
-                log_grad_ratio=torch.cat([o.log_grad_ratio.view(g.runs.stop - g.runs.start, -1)
-                                          for o, g in zip(outs, groups)]),
+                log_grad_ratio=torch.cat([log_grad_ratio(g.fn, logps, g.params).view(g.runs.stop - g.runs.start, -1)
+                                          for g, logps in zip(groups, inputs)]),
                 lam=[None if o.lam is None else o.lam.view(g.runs.stop - g.runs.start, -1)
                      for o, g in zip(outs, groups)],
             ))
@@ -364,16 +365,18 @@ def _simulate(cfg: SyntheticConfig, progress: Callable[[], None] | None) -> dict
     def observe(obs: Observation) -> None:
         nonlocal hist
         m = policy_metrics(obs.log_pi, utility_r, masked_r)
-        # Clipping keeps the infinities of clip-0.5 bDPO (a log-prob of exactly 0) in the edge bins.
+        # Clipping keeps the infinities of clip-0.5 bDPO (a log-prob of exactly 0) in the edge bins;
+        # NaN (no gradient on either side: no ratio) is left out of the histogram and the quantiles.
         lgr = obs.log_grad_ratio.clamp(-cfg.grad_ratio_range, cfg.grad_ratio_range)
-        bins = ((lgr + cfg.grad_ratio_range) / (2 * cfg.grad_ratio_range) * cfg.grad_ratio_bins).long()
-        hist = hist.scatter_add(1, bins.clamp(0, cfg.grad_ratio_bins - 1), torch.ones_like(lgr))
+        defined = ~lgr.isnan()
+        bins = ((lgr.nan_to_num(0.0) + cfg.grad_ratio_range) / (2 * cfg.grad_ratio_range) * cfg.grad_ratio_bins).long()
+        hist = hist.scatter_add(1, bins.clamp(0, cfg.grad_ratio_bins - 1), defined.to(DTYPE))
         # Pooled over seeds and pairs per (method, mask): [K, M, S*P].
         pooled = lgr.view(K, S, M, -1).transpose(1, 2).reshape(K, M, -1)
         curves["steps"].append(obs.step)
         curves["utility"].append(m["utility"].view(K, S, M).numpy())
         curves["ood_mass"].append(m["ood_mass"].view(K, S, M).numpy())
-        curves["grad_ratio_q"].append(torch.quantile(pooled, qs, dim=-1).permute(1, 2, 0).numpy())  # [K, M, Q]
+        curves["grad_ratio_q"].append(torch.nanquantile(pooled, qs, dim=-1).permute(1, 2, 0).numpy())  # [K, M, Q]
         curves["lambda"].append([None if lam is None else lam.view(S, M, -1).mean((0, 2)).numpy() for lam in obs.lam])
 
     table = train(runs(start_b), ref_r, (runs(pair_index_b[0]), runs(pair_index_b[1])), groups, cfg, cfg.steps,
@@ -383,7 +386,9 @@ def _simulate(cfg: SyntheticConfig, progress: Callable[[], None] | None) -> dict
     ref_metrics = {k: v.view(S, M).numpy() for k, v in policy_metrics(ref_b, utility_b, masked_b).items()}
     if masked_b.any(-1).all(-1).any():
         beta = torch.tensor([g.params["beta"] for g in groups for _ in range(base)], dtype=DTYPE)
-        has_mask = runs(masked_b.any(-1).all(-1))
+        # A loss without a reference (SimPO) has no implicit reward beta*log(pi/pi_ref): null for it.
+        uses_ref = torch.tensor([g.fn.uses_reference for g in groups for _ in range(base)])
+        has_mask = runs(masked_b.any(-1).all(-1)) & uses_ref
         over = torch.full((K * base,), float("nan"), dtype=DTYPE)
         over[has_mask] = ood_overestimation(log_pi[has_mask], ref_r[has_mask], beta[has_mask],
                                             cfg.reward_scale * utility_r[has_mask], masked_r[has_mask])

@@ -8,8 +8,11 @@ scheduler, RNG, data order); `PreferenceTrainer` only replaces the loss, adds th
 guards against non-finite numbers.
 
 Output directory:
-    model.safetensors, config.json, tokenizer files   the policy (LoRA merged), loadable by
+    model.safetensors, config.json, tokenizer files   full fine-tuning: the policy, loadable by
                                                        transformers and vLLM
+    adapter_model.safetensors, adapter_config.json     LoRA: the adapter only (peft format, a few MB);
+                                                       generation merges or serves it on the base model
+    merged/               LoRA with train.lora.save_merged: base + adapter as one plain folder
     train_log.jsonl       one row per logged step (harness.records.TRAIN_LOG_FIELDS, TRL's names)
     tensorboard/          the same steps as TensorBoard events (tag train/<name>)
     train_fingerprint.json  what this directory is being trained from (checked on resume)
@@ -31,21 +34,25 @@ from typing import Any, Sequence
 import torch
 from transformers import (
     AutoModelForCausalLM, AutoTokenizer, PrinterCallback, ProgressCallback, Trainer, TrainerCallback,
-    TrainingArguments,
+    TrainingArguments, TrainerState,
 )
 from transformers.integrations import TensorBoardCallback
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import TrainOutput
 
-from harness.config import ModelConfig, TrainConfig, VariantConfig, check_kwargs, to_dict
+from harness.config import LoraConfig, ModelConfig, TrainConfig, VariantConfig, check_kwargs, to_dict
 from harness.errors import UserError
 from harness.io import atomic_write_json, atomic_write_jsonl, read_json, sha256_json
-from harness.models import check_weights_safe, load_kwargs, model_hash, resolve_model_path
+from harness.models import MERGED, check_weights_safe, load_kwargs, model_hash, resolve_model_path
 from harness.progress import progress_bar
 from harness.provenance import environment, timestamp
 from harness.records import TRAIN_LOG_FIELDS, PreferencePair
 from harness.registries import LOSSES
-from trainers.logprobs import TokenizedPair, collate, sequence_logps, tokenization_hash, tokenize_pairs
-from trainers.losses import LossOutput, PairLogps, diagnostics
-from trainers.reference import ReferenceLogps, reference_logps, warmup_dir, warmup_train_config
+from trainers.logprobs import (
+    TokenizedPair, collate, pair_length, padded_share, sequence_logps, tokenization_hash, tokenize_pairs,
+)
+from trainers.losses import LossOutput, PairLogps, diagnostics, log_grad_ratio
+from trainers.reference import ReferenceLogps, no_reference, reference_logps, warmup_dir, warmup_train_config
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +84,43 @@ class _Indices(torch.utils.data.Dataset):
         return {"index": i}
 
 
+class _LengthGroupedSampler(torch.utils.data.Sampler):
+    """transformers' length-grouped order (`get_length_grouped_indices`: a shuffle, then each
+    mega-batch of up to 50 batches sorted by length, the longest batch first), drawn from its own
+    generator seeded with seed + epoch: the same order on every run and after a resume."""
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int) -> None:
+        self.lengths, self.batch_size, self.seed, self.epoch = list(lengths), batch_size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def order(self) -> list[int]:
+        from transformers.trainer_pt_utils import get_length_grouped_indices
+
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return get_length_grouped_indices(self.lengths, self.batch_size, generator=generator)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self) -> Any:
+        return iter(self.order())
+
+
+def padding_stats(pairs: Sequence[TokenizedPair], batch_size: int, seed: int) -> dict[str, float]:
+    """Padded share of the first epoch's batches in a shuffled order and in the length-grouped
+    order, and the share of real tokens that are response tokens (the only positions the LM head
+    runs at)."""
+    shuffled = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(seed)).tolist()
+    grouped = _LengthGroupedSampler([pair_length(p) for p in pairs], batch_size, seed).order()
+    response = sum(len(p.chosen_ids) + len(p.rejected_ids) for p in pairs)
+    real = response + sum(2 * len(p.prompt_ids) for p in pairs)
+    return {"padded_share_shuffled": padded_share(pairs, shuffled, batch_size),
+            "padded_share_grouped": padded_share(pairs, grouped, batch_size),
+            "response_share": response / real if real else 0.0}
+
+
 @dataclasses.dataclass(frozen=True)
 class _Collator:
     pairs: Sequence[TokenizedPair]
@@ -106,10 +150,12 @@ class PreferenceTrainer(Trainer):
     """
 
     def __init__(self, *, pairs: Sequence[TokenizedPair], ref: ReferenceLogps, loss: str,
-                 loss_params: dict[str, Any], grad_norm_every: int, pad_token_id: int, **kwargs: Any) -> None:
+                 loss_params: dict[str, Any], grad_norm_every: int, pad_token_id: int,
+                 group_by_length: bool = False, **kwargs: Any) -> None:
         super().__init__(train_dataset=_Indices(len(pairs)), data_collator=_Collator(pairs, ref, pad_token_id),
                          **kwargs)
         self.pairs = pairs
+        self.group_by_length = group_by_length
         self.loss_fn = LOSSES.get(loss)
         self.loss_params = dict(loss_params)
         self.grad_norm_every = grad_norm_every
@@ -119,6 +165,12 @@ class PreferenceTrainer(Trainer):
         self._interval: list[dict[str, torch.Tensor]] = []  # per-pair diagnostics since the last log
         self._step_ids: list[str] = []  # ids of the pairs in the optimizer step being computed
         self._last_step_ids: list[str] = []  # ids of the pairs in the last completed step
+
+    def _get_train_sampler(self, train_dataset: Any = None) -> torch.utils.data.Sampler | None:
+        if not self.group_by_length:
+            return super()._get_train_sampler(train_dataset)
+        return _LengthGroupedSampler([pair_length(p) for p in self.pairs], self.args.per_device_train_batch_size,
+                                     self.args.data_seed)
 
     def _current_step(self) -> int:
         """1-based number of the optimizer step being computed."""
@@ -146,16 +198,15 @@ class PreferenceTrainer(Trainer):
         logps, n_tokens = sequence_logps(model, inputs["input_ids"], inputs["attention_mask"], inputs["response_mask"])
         chosen, rejected = logps.chunk(2)
         chosen_len, rejected_len = n_tokens.float().chunk(2)
-        out = self.loss_fn(PairLogps(chosen, rejected, inputs["ref_chosen"], inputs["ref_rejected"],
-                                     chosen_len, rejected_len), **self.loss_params)
+        pair_logps = PairLogps(chosen, rejected, inputs["ref_chosen"], inputs["ref_rejected"], chosen_len, rejected_len)
+        out = self.loss_fn(pair_logps, **self.loss_params)
         bad = ~torch.isfinite(out.losses)
         if bad.any():
             bad_ids = [i for i, b in zip(ids, bad.tolist()) if b]
             raise self._fail(self._current_step(), f"non-finite loss {out.losses[bad][0].item()}", bad_ids)
         loss = out.losses.mean()
         row = {"chosen_rewards": out.chosen_rewards, "rejected_rewards": out.rejected_rewards,
-               "chosen_weight": out.chosen_weight, "rejected_weight": out.rejected_weight,
-               "log_grad_ratio": out.log_grad_ratio, "losses": out.losses.detach(),
+               "log_grad_ratio": log_grad_ratio(self.loss_fn, pair_logps, self.loss_params), "losses": out.losses.detach(),
                "logps_chosen": chosen.detach(), "logps_rejected": rejected.detach()}
         if out.lam is not None:
             row["lam"] = out.lam
@@ -205,9 +256,8 @@ def _interval_metrics(rows: list[dict[str, torch.Tensor]]) -> dict[str, float]:
     """TRL-named means over every pair since the last log (harness.records.TRAIN_LOG_FIELDS)."""
     cat = {k: torch.cat([r[k] for r in rows if k in r]) for k in set().union(*rows)}
     out = LossOutput(losses=cat["losses"], chosen_rewards=cat["chosen_rewards"],
-                     rejected_rewards=cat["rejected_rewards"], chosen_weight=cat["chosen_weight"],
-                     rejected_weight=cat["rejected_weight"], lam=cat.get("lam"), log_grad_ratio=cat["log_grad_ratio"])
-    metrics = diagnostics(out)
+                     rejected_rewards=cat["rejected_rewards"], lam=cat.get("lam"))
+    metrics = diagnostics(out, cat["log_grad_ratio"])
     metrics["logps/chosen"] = float(cat["logps_chosen"].mean())
     metrics["logps/rejected"] = float(cat["logps_rejected"].mean())
     for key in ("grad_norm_chosen", "grad_norm_rejected"):
@@ -225,10 +275,14 @@ def _complete(checkpoint: Path) -> bool:
         return False
 
 
+def _checkpoint_step(checkpoint: Path) -> int:
+    return int(checkpoint.name.split("-")[-1])
+
+
 def _last_checkpoint(output_dir: Path) -> Path | None:
     """The newest complete Trainer checkpoint (a crash while saving one leaves it incomplete)."""
     done = [p for p in output_dir.glob("checkpoint-*") if _complete(p)]
-    return max(done, key=lambda p: int(p.name.split("-")[-1])) if done else None
+    return max(done, key=_checkpoint_step) if done else None
 
 
 # --------------------------------------------------------------------------------------------
@@ -244,8 +298,11 @@ class _TrainLogWriter(TrainerCallback):
         self.path = path
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if not state.is_world_process_zero:
-            return
+        if state.is_world_process_zero:
+            self.keep_up_to(state.global_step)
+
+    def keep_up_to(self, step: int) -> None:
+        """Drop the rows after `step` (logged after the checkpoint resumed from) and a cut last line."""
         rows = []
         if self.path.exists():
             for line in self.path.read_text(encoding="utf-8").splitlines():
@@ -253,7 +310,7 @@ class _TrainLogWriter(TrainerCallback):
                     row = json.loads(line)
                 except json.JSONDecodeError:  # the last line of a run killed mid-write
                     break
-                if row.get("step", math.inf) <= state.global_step:
+                if row.get("step", math.inf) <= step:
                     rows.append(row)
         atomic_write_jsonl(self.path, rows)
 
@@ -330,15 +387,31 @@ def _check_distributed() -> None:
                         "run on GPUs.")
 
 
-def _dtype(model_cfg: ModelConfig) -> torch.dtype:
-    """auto = bfloat16 on GPU, float32 on CPU."""
+def cpu_has_bf16() -> bool:
+    """True when this CPU computes bfloat16 natively (AVX512-BF16 or AMX, from /proc/cpuinfo);
+    elsewhere bf16 is emulated and slower than float32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def _precision(model_cfg: ModelConfig) -> tuple[torch.dtype, torch.dtype | None]:
+    """(weights dtype, autocast dtype or None). auto: bfloat16 weights and autocast on a GPU;
+    float32 weights with bfloat16 autocast on a CPU with native bf16; float32 elsewhere."""
     if model_cfg.dtype == "auto":
-        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[model_cfg.dtype]
+        if torch.cuda.is_available():
+            return torch.bfloat16, torch.bfloat16
+        return torch.float32, torch.bfloat16 if cpu_has_bf16() else None
+    if model_cfg.dtype == "bfloat16":
+        return torch.bfloat16, torch.bfloat16
+    return torch.float32, None
 
 
 def _training_args(train_cfg: TrainConfig, output_dir: Path, seed: int, dtype: torch.dtype,
                    progress: bool) -> TrainingArguments:
+    """Trainer's arguments; `dtype` is the compute precision (bfloat16: bf16 autocast)."""
     return TrainingArguments(
         output_dir=str(output_dir),
         max_steps=train_cfg.max_steps,
@@ -426,6 +499,13 @@ def _check_output_dir(output_dir: Path, fingerprint: dict[str, Any]) -> dict[str
     return None
 
 
+def _weights_kind(lora: LoraConfig) -> str:
+    """What the output directory holds (train_record.json `weights`)."""
+    if not lora.enabled:
+        return "full"
+    return "lora-adapter+merged" if lora.save_merged else "lora-adapter"
+
+
 def _final_metrics(trainer: Trainer, train_output: Any) -> dict[str, float]:
     """The last logged row's TRL metrics, plus the run's mean loss and runtime."""
     rows = [r for r in trainer.state.log_history if "loss" in r]
@@ -438,15 +518,35 @@ def _final_metrics(trainer: Trainer, train_output: Any) -> dict[str, float]:
     return metrics
 
 
-def _save_final(trainer: PreferenceTrainer, output_dir: Path, lora: bool) -> None:
-    """The policy as a plain Hugging Face folder (LoRA merged into the weights), safetensors only."""
+def _restore_finished(trainer: PreferenceTrainer, checkpoint: Path, train_log: _TrainLogWriter) -> TrainOutput:
+    """The trainer as it was at `checkpoint`, a checkpoint of the last step, without training.
+
+    Trainer checks max_steps only after a step, so resuming from the last step's checkpoint (a run
+    stopped between it and the final save) would train and log one step past the end. The
+    returned training loss is the mean of the logged losses, as no step runs in this call.
+    """
+    trainer._load_from_checkpoint(str(checkpoint))
+    trainer.state = TrainerState.load_from_json(str(checkpoint / TRAINER_STATE_NAME))
+    if trainer.is_world_process_zero():
+        train_log.keep_up_to(trainer.state.global_step)
+    losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
+    return TrainOutput(trainer.state.global_step, sum(losses) / len(losses) if losses else 0.0, {})
+
+
+def _save_final(trainer: PreferenceTrainer, output_dir: Path, lora: LoraConfig) -> None:
+    """The policy, safetensors only: a LoRA unit as its adapter (peft format, a few MB; plus the merged
+    model in merged/ when `lora.save_merged`), full fine-tuning as a plain Hugging Face folder."""
     trainer.check_finite_weights("at the end of training")
-    if lora:
+    if lora.enabled:
         trainer.accelerator.wait_for_everyone()
         if trainer.is_world_process_zero():
-            merged = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
-            merged.save_pretrained(output_dir, safe_serialization=True)
+            model = trainer.accelerator.unwrap_model(trainer.model)
+            model.save_pretrained(output_dir, safe_serialization=True)
             trainer.processing_class.save_pretrained(output_dir)
+            if lora.save_merged:
+                # After the adapter is written: merging folds the adapter into the base weights in place.
+                model.merge_and_unload().save_pretrained(output_dir / MERGED, safe_serialization=True)
+                trainer.processing_class.save_pretrained(output_dir / MERGED)
     else:
         trainer.save_model(str(output_dir))
     if trainer.is_world_process_zero():
@@ -490,11 +590,18 @@ def train_policy(model_cfg: ModelConfig, train_cfg: TrainConfig, variant: Varian
         steps = max(1, math.ceil(train_cfg.epochs * len(tokenized) / per_step))
         train_cfg = dataclasses.replace(train_cfg, max_steps=steps)
         log.info("%s epochs of %d pairs = %d optimiser steps", train_cfg.epochs, len(tokenized), steps)
-    dtype = _dtype(model_cfg)
+    dtype, autocast = _precision(model_cfg)
     base_hash = model_hash(model_dir)
     tokens_hash = tokenization_hash(tokenized)
     fingerprint = {"model": to_dict(model_cfg), "model_hash": base_hash, "tokens": tokens_hash,
-                   "train": to_dict(train_cfg), "variant": to_dict(variant), "seed": seed, "dtype": str(dtype)}
+                   "train": to_dict(train_cfg), "variant": to_dict(variant), "seed": seed, "dtype": str(dtype),
+                   "autocast": str(autocast)}
+    padding = {"group_by_length": train_cfg.group_by_length,
+               **padding_stats(tokenized, train_cfg.batch_size, seed)}
+    log.info("padding: %.1f%% of batch tokens with length grouping, %.1f%% in shuffled order (%s); "
+             "response tokens (the LM head's positions): %.1f%% of real tokens",
+             100 * padding["padded_share_grouped"], 100 * padding["padded_share_shuffled"],
+             "grouped" if train_cfg.group_by_length else "shuffled", 100 * padding["response_share"])
 
     # Rank 0 checks and claims the directory first; the other processes then find its fingerprint
     # (checked concurrently, they would see a folder that rank 0 is still writing).
@@ -511,27 +618,40 @@ def train_policy(model_cfg: ModelConfig, train_cfg: TrainConfig, variant: Varian
         return finished["final_metrics"]
 
     # Reference: the base model, or the base warmed up by N DPO steps; only its log-probs are kept.
+    # A loss that reads no reference (SimPO) gets none: no warm-up, no reference pass.
+    uses_reference = LOSSES.get(variant.loss).uses_reference
     ref_dir = model_dir
-    if train_cfg.reference_warmup_steps:
-        ref_dir = str(warmup_dir(cache_dir, base_hash, tokens_hash, train_cfg, seed))
-        log.info("reference: base model warmed up by %d DPO steps in %s", train_cfg.reference_warmup_steps, ref_dir)
-        train_policy(model_cfg, warmup_train_config(train_cfg), WARMUP_VARIANT, pairs, Path(ref_dir), seed,
-                     cache_dir, progress)
+    if uses_reference and train_cfg.reference_warmup_steps:
+        warm_dir = warmup_dir(cache_dir, base_hash, tokens_hash, train_cfg, seed)
+        warm_cfg = warmup_train_config(train_cfg)
+        if warm_cfg.lora.enabled:  # the reference is read as one plain model folder: keep the merged copy
+            warm_cfg = dataclasses.replace(warm_cfg, lora=dataclasses.replace(warm_cfg.lora, save_merged=True))
+        log.info("reference: base model warmed up by %d DPO steps in %s", train_cfg.reference_warmup_steps, warm_dir)
+        train_policy(model_cfg, warm_cfg, WARMUP_VARIANT, pairs, warm_dir, seed, cache_dir, progress)
+        ref_dir = str(warm_dir / MERGED if warm_cfg.lora.enabled else warm_dir)
     from_pretrained = {"dtype": dtype, **load_kwargs(model_cfg.trust_remote_code, model_cfg.allow_pickle_weights)}
-    args = _training_args(train_cfg, output_dir, seed, dtype, progress)
-    ref = reference_logps(ref_dir, tokenized, cache_dir=cache_dir, pad_token_id=_pad_id(tokenizer),
-                          batch_size=train_cfg.batch_size, load_kwargs=from_pretrained, device=args.device,
-                          autocast_dtype=torch.bfloat16 if dtype == torch.bfloat16 else None, progress=progress)
+    args = _training_args(train_cfg, output_dir, seed, autocast or dtype, progress)
+    if uses_reference:
+        # The reference runs in the weights' precision: float32 weights give float32 reference log-probs
+        # (the same cache) whether or not the policy trains under bf16 autocast.
+        ref = reference_logps(ref_dir, tokenized, cache_dir=cache_dir, pad_token_id=_pad_id(tokenizer),
+                              batch_size=train_cfg.batch_size, load_kwargs=from_pretrained, device=args.device,
+                              autocast_dtype=torch.bfloat16 if dtype == torch.bfloat16 else None, progress=progress)
+    else:
+        log.info("reference: none (loss '%s' does not use one)", variant.loss)
+        ref = no_reference(len(tokenized))
 
     # Policy.
     torch.manual_seed(seed)  # LoRA initialisation
     model = AutoModelForCausalLM.from_pretrained(model_dir, **from_pretrained)
     if train_cfg.lora.enabled:
         model = _apply_lora(model, train_cfg)
+    train_log = _TrainLogWriter(output_dir / TRAIN_LOG)
     trainer = PreferenceTrainer(
         model=model, args=args, processing_class=tokenizer, pairs=tokenized, ref=ref, loss=variant.loss,
         loss_params=variant.params, grad_norm_every=train_cfg.grad_norm_every, pad_token_id=_pad_id(tokenizer),
-        callbacks=[_TrainLogWriter(output_dir / TRAIN_LOG), _TensorBoard(output_dir / TENSORBOARD), *callbacks],
+        group_by_length=train_cfg.group_by_length,
+        callbacks=[train_log, _TensorBoard(output_dir / TENSORBOARD), *callbacks],
     )
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
@@ -542,11 +662,14 @@ def train_policy(model_cfg: ModelConfig, train_cfg: TrainConfig, variant: Varian
     resume = _last_checkpoint(output_dir)
     if resume:
         log.info("resuming from %s", resume)
-    try:
-        train_output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    finally:  # an error (a NaN guard, Ctrl-C) must not leave the bar drawing over the message
-        bar.close()
-    _save_final(trainer, output_dir, train_cfg.lora.enabled)
+    if resume and _checkpoint_step(resume) >= args.max_steps:
+        train_output = _restore_finished(trainer, resume, train_log)
+    else:
+        try:
+            train_output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        finally:  # an error (a NaN guard, Ctrl-C) must not leave the bar drawing over the message
+            bar.close()
+    _save_final(trainer, output_dir, train_cfg.lora)
 
     metrics = _final_metrics(trainer, train_output)
     if trainer.is_world_process_zero():
@@ -560,11 +683,14 @@ def train_policy(model_cfg: ModelConfig, train_cfg: TrainConfig, variant: Varian
             "data_hash": sha256_json([p.to_dict() for p in pairs]),
             "model_hash": base_hash,
             "tokenization": {"hash": tokens_hash, **stats.to_dict()},
-            "reference": {"kind": "warmup" if train_cfg.reference_warmup_steps else "base", "path": ref_dir,
-                          "warmup_steps": train_cfg.reference_warmup_steps, "cache_key": ref.key,
+            "precision": {"weights": str(dtype), "autocast": str(autocast)},
+            "padding": padding,
+            "reference": {"kind": ("warmup" if train_cfg.reference_warmup_steps else "base") if uses_reference else "none",
+                          "path": ref_dir if uses_reference else None,
+                          "warmup_steps": train_cfg.reference_warmup_steps if uses_reference else 0, "cache_key": ref.key,
                           "cache_hit": ref.cache_hit},
             "resumed_from": str(resume) if resume else None,
-            "lora_merged": train_cfg.lora.enabled,
+            "weights": _weights_kind(train_cfg.lora),
             "final_metrics": metrics,
             "environment": environment(),
             "world_size": trainer.accelerator.num_processes,

@@ -13,17 +13,28 @@ HELP = "List the registered losses, data formats, generators, scorers and built-
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("kind", nargs="?", choices=["loss", "data", "generator", "scorer", "model"],
+    parser.add_argument("kind", nargs="?", choices=["loss", "data", "generator", "engine-reuse", "scorer", "model"],
                         help="show only this kind")
+
+
+def loss_parameters(fn: object) -> str:
+    """'beta=0.1, clip=0.3, ...': a loss's keyword parameters with their defaults, and whether it reads no reference."""
+    import inspect
+
+    params = [f"{n}={p.default}" for n, p in inspect.signature(fn).parameters.items()
+              if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    return ", ".join(params) + ("" if getattr(fn, "uses_reference", True) else "; no reference")
 
 
 def run(args: argparse.Namespace) -> int:
     from harness.models import BUILTIN_MODELS
-    from harness.registries import DATA_FORMATS, GENERATORS, LOSSES, SCORERS
+    from harness.registries import DATA_FORMATS, ENGINE_REUSE, GENERATORS, LOSSES, SCORERS
     from harness.registry import summary
 
-    kinds = {"loss": LOSSES, "data": DATA_FORMATS, "generator": GENERATORS, "scorer": SCORERS, "model": BUILTIN_MODELS}
-    titles = {"loss": "losses", "data": "data formats", "generator": "generators", "scorer": "scorers",
+    kinds = {"loss": LOSSES, "data": DATA_FORMATS, "generator": GENERATORS,
+             "engine-reuse": ENGINE_REUSE, "scorer": SCORERS, "model": BUILTIN_MODELS}
+    titles = {"loss": "losses", "data": "data formats", "generator": "generators",
+              "engine-reuse": "generation engine reuse (generate.engine_reuse)", "scorer": "scorers",
               "model": "built-in models"}
     console = Console()
     for key, registry in kinds.items():
@@ -32,7 +43,10 @@ def run(args: argparse.Namespace) -> int:
         table = Table(title=titles[key], title_justify="left")
         table.add_column("name", style="bold")
         table.add_column("description")
+        if key == "loss":
+            table.add_column("parameters (default)")
         for name, obj in registry.items():
-            table.add_row(escape(name), escape(summary(obj)))
+            extra = [escape(loss_parameters(obj))] if key == "loss" else []
+            table.add_row(escape(name), escape(summary(obj)), *extra)
         console.print(table)
     return 0

@@ -1,5 +1,6 @@
 """`bdpo report RUN_DIR`: rebuild the leaderboard, comparisons, ablations, plots and HTML page from
-the run's result files alone (no model, no GPU)."""
+the run's result files alone (no model, no GPU), or from a committed results folder such as
+docs/results/hh-study/ (docs/results-schema.md)."""
 
 from __future__ import annotations
 
@@ -8,14 +9,17 @@ import argparse
 from rich.console import Console
 
 NAME = "report"
-HELP = "Build the report (index.html, leaderboard.md/.csv, results.json, plots) from a run directory's result files."
+HELP = ("Build the report (index.html, leaderboard.md/.csv, results.json, plots) from a run directory's result files "
+        "or a results folder.")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run_dir", help="run directory, e.g. runs/quickstart")
-    parser.add_argument("--out", default=None, help="report folder (default: RUN_DIR/report, plus RUN_DIR/results.json)")
+    parser.add_argument("run_dir", help="run directory, e.g. runs/quickstart, or a results folder")
+    parser.add_argument("--out", default=None, help="report folder (default: RUN_DIR/report, plus RUN_DIR/results.json; "
+                                                    "a results folder: its own report files)")
     parser.add_argument("--bootstrap-samples", type=int, default=None,
-                        help="bootstrap resamples (default: the run config's report.bootstrap_samples)")
+                        help="resamples of the cross-check crossed bootstrap (default: the run config's "
+                             "report.bootstrap_samples)")
     parser.add_argument("--seed", type=int, default=None, help="bootstrap seed (default: report.seed)")
     parser.add_argument("--max-sample-prompts", type=int, default=50,
                         help="prompts shown in the page's samples table")
@@ -30,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     if args.max_sample_prompts < 0:
         raise UserError(f"--max-sample-prompts: must be >= 0, got {args.max_sample_prompts}.")
     console = Console(stderr=True)
-    with console.status("building report (bootstrap, plots)..."):
+    with console.status("building report (statistics, plots)..."):
         out = build_report(args.run_dir, args.out, bootstrap_samples=args.bootstrap_samples, seed=args.seed,
                            max_sample_prompts=args.max_sample_prompts)
     Console().print(f"report: {out / 'index.html'}", markup=False, highlight=False)

@@ -6,7 +6,6 @@ import argparse
 import time
 
 from rich.console import Console
-from rich.table import Table
 
 NAME = "run"
 HELP = ("Run the whole pipeline (train, generate, score, report) for every variant x seed in the config; "
@@ -22,19 +21,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from harness.config import load_config, split_config_arg
-    from harness.pipeline import Pipeline, summarize
+    from harness.pipeline import Pipeline, print_statuses, summarize
 
     cfg = load_config(*split_config_arg(args.config, args.overrides))
     console = Console(stderr=True)
     pipeline = Pipeline(cfg, console=console, progress=not args.no_progress)
     start = time.monotonic()
     statuses = pipeline.execute(dry_run=args.dry_run)
-    table = Table(title=f"{'plan' if args.dry_run else 'stages'}: {pipeline.run.root}")
-    table.add_column("stage")
-    table.add_column("status")
-    for name, status in statuses:
-        table.add_row(name, {"cached": "[dim]cached[/]", "ran": "[green]ran[/]"}.get(status, f"[yellow]{status}[/]"))
-    console.print(table)
+    print_statuses(statuses, f"{'plan' if args.dry_run else 'stages'}: {pipeline.run.root}", console)
     if not args.dry_run:
         summarize(pipeline.run.root, Console())
         page = pipeline.run.root / "report" / "index.html"

@@ -8,8 +8,9 @@ from pathlib import Path
 from rich.console import Console
 
 NAME = "synthetic"
-HELP = ("Run the synthetic experiment: DPO, bDPO and naive bDPO on a tabular 20x20 grid for every mask "
-        "rate and many seeds; write results.json, a markdown table and plots.")
+HELP = ("Run the synthetic experiment: DPO, bDPO and naive bDPO (or any registered losses: "
+        "configs/synthetic-family.yaml) on a tabular 20x20 grid for every mask rate and many seeds; "
+        "write results.json, a markdown table and plots.")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,6 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*",
                         help="keys of the synthetic section, e.g. n_seeds=5 steps=500 mask_rates=[0,0.4] "
                              "methods.bdpo.params.clip=0.3 (a leading 'synthetic.' is optional)")
+    parser.add_argument("--methods", help="comma-separated names: run only these of the config's methods "
+                                          "(the baseline among them), e.g. dpo,simpo,nca")
     parser.add_argument("--out", help="run directory (default: <run_root>/synthetic, i.e. runs/synthetic)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace results in --out that came from a different config")
@@ -50,6 +53,26 @@ def load_synthetic_config(config: str | None, overrides: list[str]):
     return cfg.run_root, cfg.synthetic or SyntheticConfig()
 
 
+def select_methods(cfg, names: str | None):
+    """The config with only the methods named in `names` (comma-separated), in the config's order."""
+    import dataclasses
+
+    from harness.config import ConfigError
+    from harness.registry import suggest
+
+    if not names:
+        return cfg
+    wanted = [n.strip() for n in names.split(",") if n.strip()]
+    known = [m.name for m in cfg.methods]
+    for name in wanted:
+        if name not in known:
+            raise ConfigError(f"--methods: '{name}' is not a method of this config.{suggest(name, known)} "
+                              f"Known: {', '.join(known)}.")
+    if cfg.baseline not in wanted:
+        raise ConfigError(f"--methods: must include the baseline '{cfg.baseline}' (differences are against it).")
+    return dataclasses.replace(cfg, methods=tuple(m for m in cfg.methods if m.name in wanted))
+
+
 def check_overwrite(results_path: Path, config: dict, overwrite: bool) -> None:
     """Refuse to replace results of a different config unless asked: nothing a user had is lost."""
     from harness.errors import UserError
@@ -69,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
     from trainers.synthetic import RESULTS_FILE, run_synthetic
 
     run_root, cfg = load_synthetic_config(args.config, args.overrides)
+    cfg = select_methods(cfg, args.methods)
     out = Path(args.out) if args.out else Path(run_root) / "synthetic"
     console = Console()
     with RunLock(out):
