@@ -9,7 +9,9 @@ gloo, which is the DDP run these tests check:
 - a SIGKILL of the whole launch after a checkpoint, then the same command, resumes and ends with
   the uninterrupted weights;
 - an FSDP launch is refused on CPU (accelerate would silently run DDP instead).
-Real model (stories260k), real HH pairs, real processes: nothing mocked.
+Real model (stories260k), real HH pairs, real processes: nothing mocked. Each rank runs one
+training unit (tests/train_unit.py, `trainers.trainer.train_policy`); the pipeline's commands
+(`bdpo run`, `bdpo train`) hold one run-directory lock per process and are not multi-process yet.
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ def _free_port() -> int:
 
 
 def _command(config: Path, out: Path, processes: int) -> list[str]:
-    train = ["-m", "harness.cli", "train", str(config), "--variant", "bdpo", "--output-dir", str(out), "--no-progress"]
+    train = ["-m", "tests.train_unit", str(config), str(out)]
     if processes == 1:
         return [sys.executable, *train]
     # train.batch_size is per process: 2 x 4 is the single run's global batch of 8.
