@@ -17,7 +17,7 @@ from harness.errors import UserError
 from harness.io import iter_jsonl, require_finite, sha256_file
 from harness.records import JUDGMENT_FIELDS, require_fields
 from reports.manifest import Manifest
-from reports.stats import bootstrap_ci
+from reports.stats import crossed_mean
 
 METRIC = "judge.win_vs_baseline"
 VERDICT_FIELDS = ("verdict_unit_first", "verdict_baseline_first")
@@ -50,8 +50,8 @@ def read_judgments(path: Path, prompt_ids: list[str], n_samples: int) -> tuple[n
     return scores, ties, invalid, scores.size
 
 
-def judge_win_rates(root: Path, manifest: Manifest, prompt_ids: list[str], n_samples: int, confidence: float,
-                    n_boot: int, seed: int) -> tuple[dict[str, dict[str, Any] | None], dict[str, str]]:
+def judge_win_rates(root: Path, manifest: Manifest, prompt_ids: list[str], n_samples: int,
+                    confidence: float) -> tuple[dict[str, dict[str, Any] | None], dict[str, str]]:
     """Per variant, the judge's win-rate entry (None for the baseline and for variants with no
     judged unit), and the sha256 of every judgments file read."""
     entries: dict[str, dict[str, Any] | None] = {}
@@ -63,16 +63,22 @@ def judge_win_rates(root: Path, manifest: Manifest, prompt_ids: list[str], n_sam
         if not units:
             entries[variant] = None
             continue
-        cells, ties, invalid, pairs = [], 0, 0, 0
+        cells, every, ties, invalid, pairs = [], [], 0, 0, 0
         for u in units:
             path = root / "judgments" / f"{u.unit}.jsonl"
             scores, t, bad, n = read_judgments(path, prompt_ids, n_samples)
             cells.append(scores.mean(axis=1))
+            every.append(scores.ravel())
             ties, invalid, pairs = ties + t, invalid + bad, pairs + n
             hashes[str(path.relative_to(root))] = sha256_file(path)
-        est = bootstrap_ci(np.stack(cells), confidence, n_boot, seed)
-        entries[variant] = {"value": est.value, "ci_low": est.ci_low, "ci_high": est.ci_high, "n": est.n,
+        # The crossed seeds x prompts interval, as for the scorers' win rates (docs/statistics.md).
+        est = crossed_mean(np.stack(cells), confidence)
+        entries[variant] = {"value": est.value, "ci_low": est.ci_low, "ci_high": est.ci_high, "n": est.n_prompts,
                             "n_seeds": len(cells), "higher_is_better": True, "ties": ties / pairs,
+                            # Behind the win rate, as for the scorers' (a pair's score averages both orders).
+                            "win": float(np.mean(np.concatenate(every) > 0.5)),
+                            "tie": float(np.mean(np.concatenate(every) == 0.5)),
+                            "loss": float(np.mean(np.concatenate(every) < 0.5)),
                             "invalid_answers": invalid, "n_pairs": pairs}
     return entries, hashes
 
@@ -84,8 +90,7 @@ def add_judge(results: dict[str, Any], root: Path, manifest: Manifest, prompt_id
     if not judge:
         return
     s = results["settings"]
-    entries, hashes = judge_win_rates(root, manifest, prompt_ids, n_samples, s["confidence"], s["bootstrap_samples"],
-                                      s["seed"])
+    entries, hashes = judge_win_rates(root, manifest, prompt_ids, n_samples, s["confidence"])
     results["metric_definitions"][METRIC] = {
         "label": f"judge win vs {manifest.baseline}", "higher_is_better": True,
         "description": f"pairwise LLM judge ({judge['path']}): P(judged better than {manifest.baseline}'s reply on "

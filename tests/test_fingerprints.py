@@ -138,7 +138,8 @@ def test_every_package_a_stage_imports_is_in_its_fingerprint(kind):
              if name != "harness.data" or kind == "data"]
     imported = {normal(d) for path in files for module in third_party_imports(path)
                 for d in distributions.get(module, [module])}
-    declared = {normal(p) for p in STAGE_CODE[kind].packages + (GENERATOR_PACKAGES["vllm"] if kind == "generate" else ())}
+    engines = GENERATOR_PACKAGES["vllm"] if kind in ("generate", "judge") else ()
+    declared = {normal(p) for p in STAGE_CODE[kind].packages + engines}
     assert imported - NEVER_CHANGE_OUTPUT <= declared
 
 
