@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     import torch
 
-    from trainers.trainer import cpu_has_bf16
+    from harness.models import cpu_has_bf16
 
     model = random_llama(128, 2, 384, 2) if args.tiny else args.model
     steps = 2 if args.tiny else args.steps

@@ -186,3 +186,20 @@ def merge_adapter(base: str, adapter: str | os.PathLike, out: str | os.PathLike,
     merged.save_pretrained(out, safe_serialization=True)
     AutoTokenizer.from_pretrained(base).save_pretrained(out)
     return out
+
+
+def cpu_has_bf16() -> bool:
+    """True when this CPU computes bfloat16 natively (AVX512-BF16 or AMX, from /proc/cpuinfo);
+    elsewhere bf16 is emulated and far slower than float32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def native_bf16() -> bool:
+    """bfloat16 runs natively here: a CUDA GPU, or a CPU with AVX512-BF16 or AMX."""
+    import torch
+
+    return torch.cuda.is_available() or cpu_has_bf16()

@@ -20,7 +20,7 @@ from harness.scorer_format import write_scorer_file
 
 def train_scorer(s: ScorerConfig, pairs: Sequence[PreferencePair], eval_pairs: Sequence[PreferencePair],
                  out_dir: str | Path, *, seed: int, progress: bool = False, overwrite: bool = False,
-                 bf16: bool = True) -> dict[str, Any]:
+                 bf16: bool | None = None) -> dict[str, Any]:
     """Train the scorer `s` (its score_type and train_* settings) on `pairs`, calibrate it, measure its
     accuracy on `eval_pairs` (none: no held-out record) and move it into `out_dir`; return its scorer.json.
     An existing non-empty `out_dir` is refused unless `overwrite`."""

@@ -69,9 +69,13 @@ class Page(HTMLParser):
 
 
 def check_page_is_inert(page: Page) -> None:
-    """No script, frame or plugin element, no event handler, nothing fetched from anywhere but data: URIs."""
-    tags = {tag for tag, _ in page.elements}
-    assert not tags & {"script", "iframe", "frame", "object", "embed", "link", "base", "form", "svg"}, tags
+    """One script, the page's own sample browser (no generated text in it); no frame or plugin
+    element, no event handler, nothing fetched from anywhere but data: URIs."""
+    tags = [tag for tag, _ in page.elements]
+    assert tags.count("script") == 1, tags.count("script")
+    script = "".join(page.text_in.get("script", []))
+    assert script.lstrip().startswith("// The sample browser") and "alert(" not in script and "<" not in script
+    assert not set(tags) & {"iframe", "frame", "object", "embed", "link", "base", "form", "svg"}, set(tags)
     for tag, attrs in page.elements:
         assert not [a for a in attrs if a.startswith("on")], (tag, attrs)
         for name in ("src", "href", "action", "srcset", "background"):

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from harness.errors import UserError
 from harness.io import sha256_json
-from harness.models import default_device, load_kwargs
+from harness.models import default_device, load_kwargs, native_bf16
 from harness.progress import progress_bar
 from harness.provenance import environment
 from harness.records import PreferencePair
@@ -74,7 +74,7 @@ def safety_sign(pair: PreferencePair, key: str) -> float:
 
 def train_bt_scorer(pairs: Sequence[PreferencePair], score_type: str, out_dir: str | Path, *, max_steps: int,
                     batch_size: int = 16, lr: float = 5e-5, max_length: int = 128, seed: int = 0,
-                    progress: bool = False, template: str = "hh", warmup_ratio: float = 0.1, bf16: bool = True,
+                    progress: bool = False, template: str = "hh", warmup_ratio: float = 0.1, bf16: bool | None = None,
                     backbone: str | None = None) -> dict[str, Any]:
     """Train a Bradley-Terry reward or cost model on `pairs` into the empty folder `out_dir`; return its
     scorer.json.
@@ -82,9 +82,11 @@ def train_bt_scorer(pairs: Sequence[PreferencePair], score_type: str, out_dir: s
     The folder is a Hugging Face sequence classifier plus scorer.json with the score type, template,
     max length, data hash and provenance, uncalibrated (offset 0, heldout null): the scorer stage
     (harness/scorer_stage.py) writes into a temporary folder and calibrates it before moving it in.
-    `bf16` trains under bfloat16 autocast (about 3x faster on CPUs with AMX); scoring stays float32,
-    where bfloat16's 8-bit mantissa would turn close scores into ties.
+    `bf16` trains under bfloat16 autocast (about 3x faster on CPUs with AMX); None = where bfloat16 is
+    native (a GPU, a CPU with AVX512-BF16 or AMX; elsewhere it is emulated and many times slower than
+    float32). Scoring stays float32, where bfloat16's 8-bit mantissa would turn close scores into ties.
     """
+    bf16 = native_bf16() if bf16 is None else bf16
     if score_type not in ("reward", "cost"):
         raise UserError(f"score type '{score_type}': use reward or cost.")
     if not pairs:

@@ -43,7 +43,7 @@ from transformers.trainer_utils import TrainOutput
 from harness.config import LoraConfig, ModelConfig, TrainConfig, VariantConfig, check_kwargs, to_dict
 from harness.errors import UserError
 from harness.io import atomic_write_json, atomic_write_jsonl, read_json, sha256_json
-from harness.models import MERGED, check_weights_safe, load_kwargs, model_hash, resolve_model_path
+from harness.models import MERGED, check_weights_safe, cpu_has_bf16, load_kwargs, model_hash, resolve_model_path
 from harness.progress import progress_bar
 from harness.provenance import environment, timestamp
 from harness.records import TRAIN_LOG_FIELDS, PreferencePair
@@ -385,16 +385,6 @@ def _check_distributed() -> None:
                         f"{state.distributed_type.value}: it shards with FSDP only on GPUs or other accelerators. "
                         "On CPUs launch plain DDP instead (`accelerate launch --multi_gpu --num_processes N`), or "
                         "run on GPUs.")
-
-
-def cpu_has_bf16() -> bool:
-    """True when this CPU computes bfloat16 natively (AVX512-BF16 or AMX, from /proc/cpuinfo);
-    elsewhere bf16 is emulated and slower than float32."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def _precision(model_cfg: ModelConfig) -> tuple[torch.dtype, torch.dtype | None]:
