@@ -327,7 +327,7 @@ def simulate(cfg: SyntheticConfig, progress: Callable[[], None] | None = None) -
 
 def _simulate(cfg: SyntheticConfig, progress: Callable[[], None] | None) -> dict[str, Any]:
     S, M, K = cfg.n_seeds, len(cfg.mask_rates), len(cfg.methods)
-    X, Y = cfg.n_prompts, cfg.n_responses
+    Y = cfg.n_responses
     base = S * M
     groups = method_groups(cfg, base)
 
