@@ -51,6 +51,9 @@ class ModelConfig:
     use_chat_template: bool = True
 
 
+SOURCE_USES = ("all", "scorer")
+
+
 @dataclass(frozen=True)
 class DataSourceConfig:
     # Registered loader name (`bdpo ls` lists them), e.g. hh-rlhf, pku-saferlhf, preference.
@@ -66,8 +69,14 @@ class DataSourceConfig:
     # Column renames applied to every row before the format reads it, {column in the file: field of
     # the format}, e.g. {question: prompt} for Intel/orca_dpo_pairs. Empty: the file's own names.
     columns: dict[str, str] = field(default_factory=dict)
+    # all: the source's prompts are split into held-out, scorer and policy parts (data.md). scorer:
+    # its pairs only train and evaluate the project's scorers (e.g. HH helpful-base for a reward
+    # model in a safety study); the policies never train on or answer its prompts.
+    use: str = "all"
 
     def __post_init__(self) -> None:
+        if self.use not in SOURCE_USES:
+            raise ValueError(f"use: must be one of {', '.join(SOURCE_USES)}, got {self.use!r}")
         if self.max_pairs is not None and self.max_pairs <= 0:
             raise ValueError("max_pairs: must be positive or null")
         for column, target in self.columns.items():
@@ -97,10 +106,19 @@ class DataConfig:
     # Prompts (with all their pairs) that train the policies, taken after the eval and scorer prompts
     # in the split's order; null: all the rest. A cap keeps the reference pass to the pairs trained on.
     train_prompts: Optional[int] = None
+    # The positive control (heldout/<unit>) measures implicit-reward accuracy on at most this many
+    # held-out pairs of the `use: all` sources, a seeded sample (null: all of them). Its cost is a
+    # forward pass of every unit over these pairs.
+    heldout_pairs: Optional[int] = None
 
     def __post_init__(self) -> None:
         if not self.sources:
             raise ValueError("sources: at least one data source is needed")
+        if all(s.use == "scorer" for s in self.sources):
+            raise ValueError("sources: every source has `use: scorer`; at least one must be `use: all` "
+                             "for the policies to train on and answer")
+        if self.heldout_pairs is not None and self.heldout_pairs < 1:
+            raise ValueError("heldout_pairs: must be at least 1 or null")
         names = [s.label for s in self.sources]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
@@ -111,6 +129,11 @@ class DataConfig:
             raise ValueError("eval_prompts: must be at least 1")
         if self.train_prompts is not None and self.train_prompts < 1:
             raise ValueError("train_prompts: must be at least 1 or null")
+
+    @property
+    def scorer_only_sources(self) -> frozenset[str]:
+        """Labels of the `use: scorer` sources."""
+        return frozenset(s.label for s in self.sources if s.use == "scorer")
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Literal, Mapping, NamedTuple, Optional, Sequence, TypeVar, Union
+from typing import Any, Callable, Collection, Iterable, Iterator, Literal, Mapping, NamedTuple, Optional, Sequence, TypeVar, Union
 
 from harness.config import ConfigError, DataConfig, DataSourceConfig, check_kwargs
 from harness.errors import UserError
@@ -786,8 +786,13 @@ class DataSplit:
                 "unused_pairs": self.unused_pairs}
 
 
+def _split_order(keys: Iterable[str], seed: int) -> list[str]:
+    """Prompt texts in the split's seeded order: sha256("<seed>:<prompt text>")."""
+    return sorted(keys, key=lambda k: hashlib.sha256(f"{seed}:{k}".encode()).hexdigest())
+
+
 def split_pairs(pairs: Sequence[PreferencePair], *, seed: int, scorer_fraction: float, eval_prompts: int,
-                train_prompts: int | None = None) -> DataSplit:
+                train_prompts: int | None = None, scorer_only_sources: Collection[str] = ()) -> DataSplit:
     """Split pairs into scorer-training, policy-training and held-out evaluation parts by prompt text.
 
     Rule: the distinct prompt texts are ordered by sha256("<seed>:<prompt text>"); the first
@@ -797,11 +802,19 @@ def split_pairs(pairs: Sequence[PreferencePair], *, seed: int, scorer_fraction: 
     in at most one part with all its pairs; the result depends only on the seed and the set of
     pairs (not their order). Pair parts keep the input order; the evaluation prompts are in split
     order, so any first N of them are a seeded random sample across sources.
+
+    Pairs of `scorer_only_sources` (data.sources[*].use: scorer) never train or are answered by the
+    policies: their own prompt texts, in the same seeded order, give their first `eval_prompts`
+    to `eval_pairs` (the scorers' held-out accuracy) and all the rest to `scorer_pairs`. A
+    scorer-only prompt text that a policy source also has follows that text's part (its policy
+    training or unused part becomes unused for the scorer-only pairs), so no text is in two parts.
     """
+    scorer_only = [p for p in pairs if p.source in scorer_only_sources]
+    pairs = [p for p in pairs if p.source not in scorer_only_sources]
     first: dict[str, PreferencePair] = {}
     for p in pairs:
         first.setdefault(prompt_key(p.prompt), p)
-    keys = sorted(first, key=lambda k: hashlib.sha256(f"{seed}:{k}".encode()).hexdigest())
+    keys = _split_order(first, seed)
     n_scorer = max(1, round(scorer_fraction * len(keys))) if scorer_fraction > 0 else 0
     if eval_prompts + n_scorer >= len(keys):
         raise UserError(
@@ -815,16 +828,35 @@ def split_pairs(pairs: Sequence[PreferencePair], *, seed: int, scorer_fraction: 
     by_part: dict[str, list[PreferencePair]] = {"eval": [], "scorer": [], "train": [], "unused": []}
     for p in pairs:
         by_part[part.get(prompt_key(p.prompt), "train")].append(p)
+
+    shared = {k: {"eval": "eval", "scorer": "scorer"}.get(part.get(k, "train"), "unused") for k in first}
+    own_keys = _split_order({prompt_key(p.prompt) for p in scorer_only} - set(shared), seed)
+    scorer_part = {**{k: "scorer" for k in own_keys[eval_prompts:]}, **{k: "eval" for k in own_keys[:eval_prompts]},
+                   **shared}
+    for p in scorer_only:
+        by_part[scorer_part[prompt_key(p.prompt)]].append(p)
+
     held_out = [first[k] for k in keys[:eval_prompts]]  # split order: a seeded shuffle across sources
     records = [PromptRecord(prompt_id=p.id, prompt=p.prompt, source=p.source, meta=dict(p.meta)) for p in held_out]
     return DataSplit(scorer_pairs=by_part["scorer"], train_pairs=by_part["train"], eval_prompts=records,
                      eval_pairs=by_part["eval"], unused_pairs=len(by_part["unused"]))
 
 
+def heldout_control_pairs(eval_pairs: Sequence[PreferencePair], data: DataConfig) -> list[PreferencePair]:
+    """The held-out pairs the positive control measures: those of the `use: all` sources, at most
+    `data.heldout_pairs` of them, a sample seeded by data.split_seed (sha256 order of pair ids)."""
+    pairs = [p for p in eval_pairs if p.source not in data.scorer_only_sources]
+    if data.heldout_pairs is None:
+        return pairs
+    order = sorted(pairs, key=lambda p: hashlib.sha256(f"{data.split_seed}:{p.id}".encode()).hexdigest())
+    return order[: data.heldout_pairs]
+
+
 def split_data(pairs: Sequence[PreferencePair], data: DataConfig) -> DataSplit:
     """split_pairs with the `data` section's settings."""
     return split_pairs(pairs, seed=data.split_seed, scorer_fraction=data.scorer_fraction,
-                       eval_prompts=data.eval_prompts, train_prompts=data.train_prompts)
+                       eval_prompts=data.eval_prompts, train_prompts=data.train_prompts,
+                       scorer_only_sources=data.scorer_only_sources)
 
 
 # --------------------------------------------------------------------------------------------

@@ -380,11 +380,13 @@ class Pipeline:
                      self.run.path("checkpoints", u.name), u.seed, self.run.path("cache"), progress=self.progress)
 
     def heldout(self, u: Unit) -> None:
+        from harness.data import heldout_control_pairs
         from trainers.heldout import heldout_rows
 
         assert u.variant is not None
         rows = heldout_rows(self.cfg.model, variant_train_config(self.cfg, u.variant),
-                            self.run.path("checkpoints", u.name), self.pairs("eval_pairs"),
+                            self.run.path("checkpoints", u.name),
+                            heldout_control_pairs(self.pairs("eval_pairs"), self.cfg.data),
                             float(loss_params(u.variant).get("beta", 1.0)), self.run.path("cache"),
                             progress=self.progress)
         atomic_write_jsonl(self.run.path("heldout", f"{u.name}.jsonl"), rows)

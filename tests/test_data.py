@@ -16,6 +16,7 @@ import pytest
 from harness.config import ConfigError, DataConfig, DataSourceConfig
 from harness.data import (
     DataSplit,
+    heldout_control_pairs,
     load_source,
     load_sources,
     prompt_key,
@@ -650,6 +651,52 @@ def test_split_caps_policy_prompts() -> None:
     assert capped.sizes()["unused_pairs"] == len(full.train_pairs) - len(capped.train_pairs) > 0
     more = split_pairs(pairs, seed=3, scorer_fraction=0.25, eval_prompts=20, train_prompts=8)
     assert capped_parts["train"] < _parts(more)["train"]  # a larger cap extends, it does not reshuffle
+
+
+def test_scorer_only_source_trains_and_evaluates_scorers_but_never_the_policies() -> None:
+    policy = load_source(src("builtin-safety")).pairs
+    # A scorer-only source: 40 prompts of its own, plus two texts a policy source also has.
+    own = [PreferencePair(id=f"helpful:{i}", prompt=({"role": "user", "content": f"Question {i}?"},),
+                          chosen=f"Answer {i}.", rejected="No.", source="helpful") for i in range(40)]
+    shared = [PreferencePair(id=f"helpful:shared{i}", prompt=p.prompt, chosen="Yes.", rejected="No.",
+                             source="helpful") for i, p in enumerate(policy[:2])]
+    split = split_pairs(policy + own + shared, seed=3, scorer_fraction=0.25, eval_prompts=10,
+                        scorer_only_sources={"helpful"})
+    alone = split_pairs(policy, seed=3, scorer_fraction=0.25, eval_prompts=10)
+    # The policy sources split exactly as without the scorer-only source.
+    assert [p for p in split.train_pairs] == alone.train_pairs and split.eval_prompts == alone.eval_prompts
+    assert [p for p in split.scorer_pairs if p.source != "helpful"] == alone.scorer_pairs
+    assert not any(p.source == "helpful" for p in split.train_pairs)
+    assert not any(r.source == "helpful" for r in split.eval_prompts)
+    # Its own prompts: the first 10 in the seeded order held out, the other 30 train the scorers.
+    held = [p for p in split.eval_pairs if p.id.startswith("helpful:") and "shared" not in p.id]
+    assert len(held) == 10 and len([p for p in split.scorer_pairs if p in own]) == 30
+    order = sorted({prompt_key(p.prompt) for p in own},
+                   key=lambda k: hashlib.sha256(f"3:{k}".encode()).hexdigest())
+    assert {prompt_key(p.prompt) for p in held} == set(order[:10])
+    # A text the policy source also has follows that text's part: never in two parts.
+    parts = _parts(split)
+    assert not parts["scorer"] & parts["train"] and not parts["scorer"] & parts["eval"] \
+        and not parts["train"] & parts["eval"]
+    assert len(split.scorer_pairs) + len(split.train_pairs) + len(split.eval_pairs) + split.unused_pairs \
+        == len(policy) + len(own) + len(shared)
+
+
+def test_heldout_control_pairs_are_a_seeded_sample_of_the_policy_sources() -> None:
+    pairs = [PreferencePair(id=f"{s}:{i}", prompt=({"role": "user", "content": f"{s} {i}?"},), chosen="a",
+                            rejected="b", source=s) for s in ("pku", "helpful") for i in range(30)]
+    sources = (DataSourceConfig(format="builtin-safety", name="pku"),
+               DataSourceConfig(format="builtin-safety", name="helpful", use="scorer"))
+    assert heldout_control_pairs(pairs, DataConfig(sources=sources)) == pairs[:30]
+    sample = heldout_control_pairs(pairs, DataConfig(sources=sources, heldout_pairs=12, split_seed=5))
+    assert len(sample) == 12 and {p.source for p in sample} == {"pku"}
+    assert sample == heldout_control_pairs(list(reversed(pairs)), DataConfig(sources=sources, heldout_pairs=12,
+                                                                              split_seed=5))
+    assert sample != heldout_control_pairs(pairs, DataConfig(sources=sources, heldout_pairs=12, split_seed=6))
+    with pytest.raises(ValueError, match="use: must be one of all, scorer"):
+        DataSourceConfig(use="reward")
+    with pytest.raises(ValueError, match="at least one must be `use: all`"):
+        DataConfig(sources=(sources[1],))
 
 
 def test_pipeline_answers_a_mixed_sample_of_held_out_prompts(tmp_path: Path) -> None:
