@@ -169,6 +169,9 @@ class TrainConfig:
     group_by_length: bool = True
     # Reference = base model, optionally warmed up by this many DPO steps (the paper uses 300).
     reference_warmup_steps: int = 0
+    # The warm-up's training seed. null: each unit's own seed (one warmed reference per seed); a
+    # number: one warmed reference shared by every unit, as a study with one fixed reference has.
+    reference_warmup_seed: Optional[int] = None
     # Log every N optimiser steps; measure the per-term parameter-gradient norms every N (0 = never).
     log_every: int = 1
     grad_norm_every: int = 0

@@ -306,6 +306,24 @@ def test_training_reuses_the_reference_cache_and_warms_the_reference_up(model_cf
     assert read_jsonl(tmp_path / "warm" / "train_log.jsonl")[0]["rewards/chosen"] != 0.0
 
 
+def test_a_warmup_seed_shares_one_warmed_reference_across_seeds(model_cfg, pairs, tmp_path):
+    cache = tmp_path / "cache"
+    shared = train_cfg(max_steps=1, reference_warmup_steps=2, reference_warmup_seed=0)
+    refs = []
+    for seed in (0, 1):
+        train_policy(model_cfg, shared, VariantConfig(name="dpo"), pairs, tmp_path / f"s{seed}", seed, cache,
+                     progress=False)
+        refs.append(json.loads((tmp_path / f"s{seed}" / "train_record.json").read_text())["reference"])
+    assert refs[0]["path"] == refs[1]["path"] and refs[0]["cache_key"] == refs[1]["cache_key"]
+    assert refs[1]["cache_hit"] and [r["warmup_seed"] for r in refs] == [0, 0]
+    assert len(list((cache / "reference-warmup").iterdir())) == 1
+    # Without it, seed 1 warms up its own reference.
+    own = train_cfg(max_steps=1, reference_warmup_steps=2)
+    train_policy(model_cfg, own, VariantConfig(name="dpo"), pairs, tmp_path / "own1", 1, cache, progress=False)
+    ref = json.loads((tmp_path / "own1" / "train_record.json").read_text())["reference"]
+    assert ref["warmup_seed"] == 1 and ref["path"] != refs[0]["path"]
+
+
 def test_a_loss_without_reference_skips_the_reference_pass(model_cfg, pairs, tmp_path):
     cache = tmp_path / "cache"
     cfg = train_cfg(max_steps=2, reference_warmup_steps=2)  # no warm-up either: there is no reference

@@ -611,13 +611,14 @@ def train_policy(model_cfg: ModelConfig, train_cfg: TrainConfig, variant: Varian
     # A loss that reads no reference (SimPO) gets none: no warm-up, no reference pass.
     uses_reference = LOSSES.get(variant.loss).uses_reference
     ref_dir = model_dir
+    warm_seed = seed if train_cfg.reference_warmup_seed is None else train_cfg.reference_warmup_seed
     if uses_reference and train_cfg.reference_warmup_steps:
-        warm_dir = warmup_dir(cache_dir, base_hash, tokens_hash, train_cfg, seed)
+        warm_dir = warmup_dir(cache_dir, base_hash, tokens_hash, train_cfg, warm_seed)
         warm_cfg = warmup_train_config(train_cfg)
         if warm_cfg.lora.enabled:  # the reference is read as one plain model folder: keep the merged copy
             warm_cfg = dataclasses.replace(warm_cfg, lora=dataclasses.replace(warm_cfg.lora, save_merged=True))
         log.info("reference: base model warmed up by %d DPO steps in %s", train_cfg.reference_warmup_steps, warm_dir)
-        train_policy(model_cfg, warm_cfg, WARMUP_VARIANT, pairs, warm_dir, seed, cache_dir, progress)
+        train_policy(model_cfg, warm_cfg, WARMUP_VARIANT, pairs, warm_dir, warm_seed, cache_dir, progress)
         ref_dir = str(warm_dir / MERGED if warm_cfg.lora.enabled else warm_dir)
     from_pretrained = {"dtype": dtype, **load_kwargs(model_cfg.trust_remote_code, model_cfg.allow_pickle_weights)}
     args = _training_args(train_cfg, output_dir, seed, autocast or dtype, progress)
@@ -677,7 +678,9 @@ def train_policy(model_cfg: ModelConfig, train_cfg: TrainConfig, variant: Varian
             "padding": padding,
             "reference": {"kind": ("warmup" if train_cfg.reference_warmup_steps else "base") if uses_reference else "none",
                           "path": ref_dir if uses_reference else None,
-                          "warmup_steps": train_cfg.reference_warmup_steps if uses_reference else 0, "cache_key": ref.key,
+                          "warmup_steps": train_cfg.reference_warmup_steps if uses_reference else 0,
+                          "warmup_seed": warm_seed if uses_reference and train_cfg.reference_warmup_steps else None,
+                          "cache_key": ref.key,
                           "cache_hit": ref.cache_hit},
             "resumed_from": str(resume) if resume else None,
             "weights": _weights_kind(train_cfg.lora),
