@@ -12,7 +12,9 @@ work, changing one variant redoes only that variant's stages, and a killed run c
 stopped (stages write atomically and record their fingerprint last; training and generation also
 resume inside a stage). `execute(only=...)` runs chosen stages and what they read from: the
 single-stage commands (`bdpo train`, `generate`, `score`, `train-scorer`) are that, so their outputs
-and `bdpo run`'s are the same files under the same records.
+and `bdpo run`'s are the same files under the same records. `execute(executor=...)` (`bdpo run --jobs N`,
+`--executor ray`; harness/executors.py) runs the stale stages as jobs, several at once, each one stage
+through `run_job` under that stage's lock, as soon as the stages it reads from (`stage_reads`) are fresh.
 """
 
 from __future__ import annotations
@@ -324,6 +326,7 @@ class Pipeline:
                             "bdpo run's (project code, package versions, data or model files). Install the same "
                             "bdpo-harness and packages on every machine and keep the run directory, data and "
                             "models on a filesystem they all share.")
+
         def waiting(holder: str) -> None:
             self.console.print(f"stage {name}: waiting for pid {holder}, which is writing it (this job is pid "
                                f"{os.getpid()})", markup=False, highlight=False, soft_wrap=True)
