@@ -446,6 +446,35 @@ class SyntheticConfig:
 
 
 @dataclass(frozen=True)
+class StageResources:
+    # What one stage of this kind asks of a Ray node (`bdpo run --executor ray`; docs/scale-out.md):
+    # CPU cores (also its torch threads) and GPUs. Fractions share a device between stages.
+    cpus: float = 1.0
+    gpus: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.cpus <= 0 or self.gpus < 0:
+            raise ValueError("cpus: must be > 0, and gpus >= 0")
+
+
+@dataclass(frozen=True)
+class ResourcesConfig:
+    """Per stage kind (the part of a stage's name before '/'), what one such stage asks of a Ray node.
+    Only `--executor ray` reads it; it changes where stages run, never what they write, so it is in no
+    fingerprint. On GPUs give at least train, heldout, generate and score `gpus: 1`."""
+
+    data: StageResources = StageResources()
+    synthetic: StageResources = StageResources()
+    scorer: StageResources = StageResources()
+    train: StageResources = StageResources()
+    heldout: StageResources = StageResources()
+    generate: StageResources = StageResources()
+    judge: StageResources = StageResources()
+    score: StageResources = StageResources()
+    report: StageResources = StageResources()
+
+
+@dataclass(frozen=True)
 class RunConfig:
     # Run directory: <run_root>/<experiment>/.
     experiment: str = "quickstart"
@@ -462,6 +491,8 @@ class RunConfig:
     # Optional pairwise LLM judge of every unit against the baseline (null = none).
     judge: Optional[JudgeConfig] = None
     report: ReportConfig = ReportConfig()
+    # What each stage kind asks of a Ray node (--executor ray only).
+    resources: ResourcesConfig = ResourcesConfig()
 
     def __post_init__(self) -> None:
         if not self.seeds:

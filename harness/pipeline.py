@@ -12,15 +12,19 @@ work, changing one variant redoes only that variant's stages, and a killed run c
 stopped (stages write atomically and record their fingerprint last; training and generation also
 resume inside a stage). `execute(only=...)` runs chosen stages and what they read from: the
 single-stage commands (`bdpo train`, `generate`, `score`, `train-scorer`) are that, so their outputs
-and `bdpo run`'s are the same files under the same records.
+and `bdpo run`'s are the same files under the same records. `execute(executor=...)` (`bdpo run --jobs N`,
+`--executor ray`; harness/executors.py) runs the stale stages as jobs, several at once, each one stage
+through `run_job` under that stage's lock, as soon as the stages it reads from (`stage_reads`) are fresh.
 """
 
 from __future__ import annotations
 
+import os
+import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Collection, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Collection, Iterator
 
 from rich.console import Console
 from rich.table import Table
@@ -34,6 +38,9 @@ from harness.models import check_weights_safe, model_hash, resolve_model_path
 from harness.provenance import GENERATOR_PACKAGES, environment, package_versions, stage_code, timestamp
 from harness.records import PreferencePair, PromptRecord
 from harness.rundir import RunDir, RunLock
+
+if TYPE_CHECKING:
+    from harness.executors import Executor
 
 REFERENCE = "reference"
 TRAINED_SCORER = "train:"
@@ -94,21 +101,26 @@ def _strings(value: Any) -> Iterator[str]:
             yield from _strings(v)
 
 
-def with_upstream(stages: list[Stage], wanted: Collection[str]) -> list[Stage]:
-    """The stages named in `wanted` and every stage they read from, directly or not, in plan order.
+def stage_reads(stages: list[Stage]) -> dict[str, list[str]]:
+    """Stage name -> the names of the stages it reads from directly.
 
     A stage reads from exactly the stages whose fingerprints are among its inputs: the link that
     makes a change upstream redo it is also the order in which they must run.
     """
-    names = {s.name for s in stages}
-    unknown = sorted(set(wanted) - names)
-    if unknown:
-        raise UserError(f"no stage {', '.join(unknown)} in this config's plan (stages: {', '.join(sorted(names))}).")
     # Stages with equal inputs (two variants that differ only in name) share a fingerprint: take all.
     by_fingerprint: dict[str, list[str]] = {}
     for s in stages:
         by_fingerprint.setdefault(s.fingerprint, []).append(s.name)
-    reads = {s.name: [n for x in _strings(s.inputs) for n in by_fingerprint.get(x, ())] for s in stages}
+    return {s.name: [n for x in _strings(s.inputs) for n in by_fingerprint.get(x, ())] for s in stages}
+
+
+def with_upstream(stages: list[Stage], wanted: Collection[str]) -> list[Stage]:
+    """The stages named in `wanted` and every stage they read from, directly or not, in plan order."""
+    names = {s.name for s in stages}
+    unknown = sorted(set(wanted) - names)
+    if unknown:
+        raise UserError(f"no stage {', '.join(unknown)} in this config's plan (stages: {', '.join(sorted(names))}).")
+    reads = stage_reads(stages)
     keep: set[str] = set()
     todo = list(wanted)
     while todo:
@@ -117,6 +129,12 @@ def with_upstream(stages: list[Stage], wanted: Collection[str]) -> list[Stage]:
             keep.add(name)
             todo += reads[name]
     return [s for s in stages if s.name in keep]
+
+
+def run_settings(cfg: RunConfig) -> dict[str, Any]:
+    """The config as the report's fingerprint sees it: all of it but `resources`, which only places
+    stages on machines (--executor ray) and never changes what they write."""
+    return {k: v for k, v in to_dict(cfg).items() if k != "resources"}
 
 
 def _source_hash(path: str) -> str:
@@ -250,14 +268,18 @@ class Pipeline:
 
         stages.append(Stage("report", {"scores": score_fps, "train": {k: v for k, v in policy_fp.items()},
                                        "heldout": heldout_fp, **({"judgments": judge_fps} if judge_fps else {}),
-                                       "report": to_dict(cfg.report), "config": to_dict(cfg), **self.code("report")},
+                                       "report": to_dict(cfg.report), "config": run_settings(cfg), **self.code("report")},
                             ["results.json", "report/index.html"], self.report))
         return stages
 
     # ---------------------------------------------------------------- running
-    def execute(self, dry_run: bool = False, only: Collection[str] | None = None) -> list[tuple[str, str]]:
+    def execute(self, dry_run: bool = False, only: Collection[str] | None = None,
+                executor: Executor | None = None) -> list[tuple[str, str]]:
         """Run (or, with dry_run, only list) the plan; returns (stage, 'cached'|'ran'|'would run').
-        `only`: run just these stages (by name) and the ones they read from (see with_upstream)."""
+        `only`: run just these stages (by name) and the ones they read from (see with_upstream).
+        `executor` (harness/executors.py: `--jobs N`, `--executor ray`): the stale stages run as jobs,
+        several at once, each as soon as the stages it reads from are fresh. None: one after another
+        in this process, sharing one generation engine and each scorer model between stages."""
         stages = self.plan() if only is None else with_upstream(self.plan(), only)
         status = [(s, self.run.is_fresh(s.name, s.fingerprint)) for s in stages]
         if dry_run:
@@ -269,13 +291,13 @@ class Pipeline:
             self.write_config_and_manifest()
             todo = [s for s, fresh in status if not fresh]
             done: list[tuple[str, str]] = [(s.name, "cached") for s, fresh in status if fresh]
+            if executor is not None:
+                return done + executor.run_stages(todo, stage_reads(stages), self.run, self.console)
             try:
                 for i, stage in enumerate(todo, start=1):
                     self.console.rule(f"[bold]stage {i}/{len(todo)}[/]: {stage.name}")
                     start = time.monotonic()
-                    self.run.begin(stage.name, stage.fingerprint, stage.workdirs)
-                    stage.action()
-                    self.run.record(stage.name, stage.fingerprint, stage.inputs, stage.outputs)
+                    self.run_stage(stage)
                     # Free what no later stage uses (an engine's memory and core, before scoring).
                     self.release(keep={r for later in todo[i:] for r in later.uses})
                     self.console.print(f"[green]done[/] {stage.name} in {time.monotonic() - start:.1f} s")
@@ -283,6 +305,40 @@ class Pipeline:
             finally:
                 self.release()
         return done
+
+    def run_stage(self, stage: Stage) -> None:
+        """Run one stage: note its start, do its work, record its fingerprint last."""
+        self.run.begin(stage.name, stage.fingerprint, stage.workdirs)
+        stage.action()
+        self.run.record(stage.name, stage.fingerprint, stage.inputs, stage.outputs)
+
+    def run_job(self, name: str, fingerprint: str) -> str:
+        """Run stage `name` as one job of a parallel run (harness/worker.py), under the stage's lock;
+        'cached' when another job made it fresh meanwhile, else 'ran'. `fingerprint` is the stage's as
+        the coordinating `bdpo run` planned it: a different one here (other code, package versions,
+        data or model files on this machine) is refused, since the coordinator would never find the
+        record fresh."""
+        stage = {s.name: s for s in self.plan()}.get(name)
+        if stage is None:
+            raise UserError(f"no stage {name} in this config's plan.")
+        if stage.fingerprint != fingerprint:
+            raise UserError(f"stage {name}: its inputs on {platform.node()} differ from the coordinating "
+                            "bdpo run's (project code, package versions, data or model files). Install the same "
+                            "bdpo-harness and packages on every machine and keep the run directory, data and "
+                            "models on a filesystem they all share.")
+
+        def waiting(holder: str) -> None:
+            self.console.print(f"stage {name}: waiting for pid {holder}, which is writing it (this job is pid "
+                               f"{os.getpid()})", markup=False, highlight=False, soft_wrap=True)
+
+        with self.run.stage_lock(name, waiting):
+            if self.run.is_fresh(name, fingerprint):
+                return "cached"
+            try:
+                self.run_stage(stage)
+            finally:
+                self.release()
+        return "ran"
 
     def held(self, key: str, build: Callable[[], Any]) -> Any:
         """The run-wide resource `key` (built on first use), kept until `release`."""

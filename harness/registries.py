@@ -18,4 +18,7 @@ SCORERS: Registry[Any] = Registry("scorer", populated_by=("evaluators.scorers", 
 # How a run's policies share one generation engine per base model (evaluators/engines.py).
 ENGINE_REUSE: Registry[Any] = Registry("engine reuse strategy", populated_by=("evaluators.engines",))
 
-ALL = (LOSSES, DATA_FORMATS, GENERATORS, SCORERS, ENGINE_REUSE)
+# How `bdpo run --jobs N` / `--executor NAME` runs stages as jobs, several at once (harness/executors.py).
+EXECUTORS: Registry[Any] = Registry("executor", populated_by=("harness.executors",))
+
+ALL = (LOSSES, DATA_FORMATS, GENERATORS, SCORERS, ENGINE_REUSE, EXECUTORS)

@@ -1,4 +1,5 @@
-"""The run directory: stage fingerprints (caching and resume) and the single-writer lock.
+"""The run directory: stage fingerprints (caching and resume), the single-writer lock, and the lock
+of each stage (the jobs of a parallel run, harness/executors.py).
 
 A stage is identified by a name such as `train/dpo-seed0`. Before running it, the pipeline computes
 the fingerprint of everything the stage reads (config fields, data hashes, upstream fingerprints,
@@ -14,10 +15,10 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, ContextManager
 
 from harness.errors import UserError
-from harness.io import atomic_write_json, atomic_write_text, read_json, sha256_json
+from harness.io import atomic_write_json, atomic_write_text, file_lock, read_json, sha256_json
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,12 @@ class RunDir:
                 elif p.exists():
                     p.unlink()
         atomic_write_text(started, fingerprint + "\n")
+
+    def stage_lock(self, stage: str, on_wait: Callable[[str], None] | None = None) -> ContextManager[None]:
+        """The lock a job holds while it writes `stage` (`.locks/<stage>.lock`): two jobs of a parallel
+        run, or a job Ray retried while the first attempt still runs, never write one stage at once.
+        `on_wait` gets the holder's pid when the lock is taken."""
+        return file_lock(self.path(".locks", f"{stage}.lock"), on_wait)
 
     def remove_stale_temporaries(self) -> int:
         """Delete what killed writers left behind; returns how many entries went. Call only while

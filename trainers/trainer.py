@@ -28,6 +28,7 @@ import json
 import logging
 import math
 import os
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -42,7 +43,7 @@ from transformers.trainer_utils import TrainOutput
 
 from harness.config import LoraConfig, ModelConfig, TrainConfig, VariantConfig, check_kwargs, to_dict
 from harness.errors import UserError
-from harness.io import atomic_write_json, atomic_write_jsonl, read_json, sha256_json
+from harness.io import atomic_write_json, atomic_write_jsonl, file_lock, read_json, sha256_json
 from harness.models import MERGED, check_weights_safe, cpu_has_bf16, load_kwargs, model_hash, resolve_model_path
 from harness.progress import progress_bar
 from harness.provenance import environment, timestamp
@@ -618,7 +619,11 @@ def train_policy(model_cfg: ModelConfig, train_cfg: TrainConfig, variant: Varian
         if warm_cfg.lora.enabled:  # the reference is read as one plain model folder: keep the merged copy
             warm_cfg = dataclasses.replace(warm_cfg, lora=dataclasses.replace(warm_cfg.lora, save_merged=True))
         log.info("reference: base model warmed up by %d DPO steps in %s", train_cfg.reference_warmup_steps, warm_dir)
-        train_policy(model_cfg, warm_cfg, WARMUP_VARIANT, pairs, warm_dir, warm_seed, cache_dir, progress)
+        # Shared by the units of this warm-up seed: a parallel run's other train jobs wait, then find it
+        # trained. (The processes of one `accelerate launch` run enter together: they train it as one.)
+        lock = file_lock(warm_dir.with_name(warm_dir.name + ".lock")) if state.num_processes == 1 else nullcontext()
+        with lock:
+            train_policy(model_cfg, warm_cfg, WARMUP_VARIANT, pairs, warm_dir, warm_seed, cache_dir, progress)
         ref_dir = str(warm_dir / MERGED if warm_cfg.lora.enabled else warm_dir)
     from_pretrained = {"dtype": dtype, **load_kwargs(model_cfg.trust_remote_code, model_cfg.allow_pickle_weights)}
     args = _training_args(train_cfg, output_dir, seed, autocast or dtype, progress)

@@ -1,4 +1,4 @@
-"""`bdpo ls`: list the registered losses, data formats, generators, scorers and built-in models."""
+"""`bdpo ls`: list the registered losses, data formats, generators, scorers, executors and built-in models."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from rich.markup import escape
 from rich.table import Table
 
 NAME = "ls"
-HELP = "List the registered losses, data formats, generators, scorers and built-in models."
+HELP = "List the registered losses, data formats, generators, scorers, executors and built-in models."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("kind", nargs="?", choices=["loss", "data", "generator", "engine-reuse", "scorer", "model"],
+    parser.add_argument("kind", nargs="?", choices=["loss", "data", "generator", "engine-reuse", "scorer", "executor", "model"],
                         help="show only this kind")
 
 
@@ -28,13 +28,14 @@ def loss_parameters(fn: object) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from harness.models import BUILTIN_MODELS
-    from harness.registries import DATA_FORMATS, ENGINE_REUSE, GENERATORS, LOSSES, SCORERS
+    from harness.registries import DATA_FORMATS, ENGINE_REUSE, EXECUTORS, GENERATORS, LOSSES, SCORERS
     from harness.registry import summary
 
     kinds = {"loss": LOSSES, "data": DATA_FORMATS, "generator": GENERATORS,
-             "engine-reuse": ENGINE_REUSE, "scorer": SCORERS, "model": BUILTIN_MODELS}
+             "engine-reuse": ENGINE_REUSE, "scorer": SCORERS, "executor": EXECUTORS, "model": BUILTIN_MODELS}
     titles = {"loss": "losses", "data": "data formats", "generator": "generators",
               "engine-reuse": "generation engine reuse (generate.engine_reuse)", "scorer": "scorers",
+              "executor": "executors (bdpo run --jobs N, --executor NAME)",
               "model": "built-in models"}
     console = Console()
     for key, registry in kinds.items():
