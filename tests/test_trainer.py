@@ -316,7 +316,7 @@ def test_a_warmup_seed_shares_one_warmed_reference_across_seeds(model_cfg, pairs
         refs.append(json.loads((tmp_path / f"s{seed}" / "train_record.json").read_text())["reference"])
     assert refs[0]["path"] == refs[1]["path"] and refs[0]["cache_key"] == refs[1]["cache_key"]
     assert refs[1]["cache_hit"] and [r["warmup_seed"] for r in refs] == [0, 0]
-    assert len(list((cache / "reference-warmup").iterdir())) == 1
+    assert len([p for p in (cache / "reference-warmup").iterdir() if p.is_dir()]) == 1  # beside it: its lock file
     # Without it, seed 1 warms up its own reference.
     own = train_cfg(max_steps=1, reference_warmup_steps=2)
     train_policy(model_cfg, own, VariantConfig(name="dpo"), pairs, tmp_path / "own1", 1, cache, progress=False)
