@@ -786,9 +786,12 @@ class DataSplit:
                 "unused_pairs": self.unused_pairs}
 
 
-def _split_order(keys: Iterable[str], seed: int) -> list[str]:
-    """Prompt texts in the split's seeded order: sha256("<seed>:<prompt text>")."""
-    return sorted(keys, key=lambda k: hashlib.sha256(f"{seed}:{k}".encode()).hexdigest())
+T = TypeVar("T")
+
+
+def _seeded_order(items: Iterable[T], seed: int, key: Callable[[T], str] = str) -> list[T]:
+    """`items` in the split's seeded order: sha256("<seed>:<key(item)>")."""
+    return sorted(items, key=lambda item: hashlib.sha256(f"{seed}:{key(item)}".encode()).hexdigest())
 
 
 def split_pairs(pairs: Sequence[PreferencePair], *, seed: int, scorer_fraction: float, eval_prompts: int,
@@ -814,7 +817,7 @@ def split_pairs(pairs: Sequence[PreferencePair], *, seed: int, scorer_fraction: 
     first: dict[str, PreferencePair] = {}
     for p in pairs:
         first.setdefault(prompt_key(p.prompt), p)
-    keys = _split_order(first, seed)
+    keys = _seeded_order(first, seed)
     n_scorer = max(1, round(scorer_fraction * len(keys))) if scorer_fraction > 0 else 0
     if eval_prompts + n_scorer >= len(keys):
         raise UserError(
@@ -829,10 +832,10 @@ def split_pairs(pairs: Sequence[PreferencePair], *, seed: int, scorer_fraction: 
     for p in pairs:
         by_part[part.get(prompt_key(p.prompt), "train")].append(p)
 
-    shared = {k: {"eval": "eval", "scorer": "scorer"}.get(part.get(k, "train"), "unused") for k in first}
-    own_keys = _split_order({prompt_key(p.prompt) for p in scorer_only} - set(shared), seed)
-    scorer_part = {**{k: "scorer" for k in own_keys[eval_prompts:]}, **{k: "eval" for k in own_keys[:eval_prompts]},
-                   **shared}
+    # A text the policy sources also have keeps its part; the policies' training part is unused here.
+    scorer_part = {k: part[k] if part.get(k) in ("eval", "scorer") else "unused" for k in first}
+    own_keys = _seeded_order({prompt_key(p.prompt) for p in scorer_only} - set(first), seed)
+    scorer_part.update({k: "eval" if i < eval_prompts else "scorer" for i, k in enumerate(own_keys)})
     for p in scorer_only:
         by_part[scorer_part[prompt_key(p.prompt)]].append(p)
 
@@ -848,8 +851,7 @@ def heldout_control_pairs(eval_pairs: Sequence[PreferencePair], data: DataConfig
     pairs = [p for p in eval_pairs if p.source not in data.scorer_only_sources]
     if data.heldout_pairs is None:
         return pairs
-    order = sorted(pairs, key=lambda p: hashlib.sha256(f"{data.split_seed}:{p.id}".encode()).hexdigest())
-    return order[: data.heldout_pairs]
+    return _seeded_order(pairs, data.split_seed, key=lambda p: p.id)[: data.heldout_pairs]
 
 
 def split_data(pairs: Sequence[PreferencePair], data: DataConfig) -> DataSplit:
