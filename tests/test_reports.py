@@ -28,6 +28,7 @@ from harness.errors import UserError
 from harness.records import TRAIN_LOG_FIELDS
 from reports.build import build_report
 from reports.manifest import parse_manifest
+from reports.results_folder import export_results_folder
 
 HOSTILE = [
     "<script>alert('x')</script>",
@@ -793,3 +794,44 @@ def test_the_committed_hh_results_folder_rebuilds_byte_identically(tmp_path):
     page = (copy / "index.html").read_text()
     assert "completion texts are not part of it" in page
     assert sorted(p.name for p in copy.iterdir()) == sorted(p.name for p in folder.iterdir())
+
+
+def test_export_writes_a_results_folder_that_rebuilds_the_same_report(built, tmp_path, capsys):
+    dest = tmp_path / "results" / "report-test"
+    assert main(["report", str(built), "--export", str(dest)]) == 0
+    names = {str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file()}
+    units = [u["unit"] for u in json.loads((built / "manifest.json").read_text())["units"]]
+    trained = [u for u in units if u != "reference"]
+    assert {f"scores/{u}.{s}.jsonl" for u in units for s in ("reward", "cost")} <= names
+    assert {f"train_logs/{u}.jsonl" for u in trained} <= names
+    assert {"manifest.json", "lengths.csv", "scorers/reward/scorer.json", "results.json", "index.html"} <= names
+    assert not any(n.startswith(("generations/", "checkpoints/")) for n in names)
+    assert not [p for p in dest.parent.iterdir() if p.name != "report-test"]  # no partial folder left
+    # lengths.csv holds every generation row's n_tokens, one row per (unit, prompt, sample).
+    with open(dest / "lengths.csv", newline="") as f:
+        lengths = {(r["unit"], r["prompt_id"], int(r["sample_idx"])): int(r["n_tokens"]) for r in csv.DictReader(f)}
+    expected = {(u, r["prompt_id"], r["sample_idx"]): r["n_tokens"]
+                for u in units for r in _read(built / "generations" / f"{u}.jsonl")}
+    assert lengths == expected
+    for u in trained:
+        assert (dest / "train_logs" / f"{u}.jsonl").read_bytes() == (
+            built / "checkpoints" / u / "train_log.jsonl").read_bytes()
+    # The folder alone gives the run's own numbers.
+    ours, theirs = (json.loads(p.read_text()) for p in (dest / "results.json", built / "results.json"))
+    for key in ("leaderboard", "comparisons", "positive_control", "scorers"):
+        assert ours[key] == theirs[key], key
+    # A second export to the same folder is refused, and the folder is kept as it was.
+    before = {p: p.read_bytes() for p in dest.rglob("*") if p.is_file()}
+    assert main(["report", str(built), "--export", str(dest)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "already exists and is not an empty folder" in err and len(err.splitlines()) == 1
+    assert {p: p.read_bytes() for p in dest.rglob("*") if p.is_file()} == before
+    # A results folder is not exported again; a run missing a score file leaves no folder behind.
+    with pytest.raises(UserError, match="already a results folder"):
+        export_results_folder(dest, tmp_path / "again")
+    broken = tmp_path / "broken"
+    shutil.copytree(built, broken)
+    (broken / "scores" / "dpo-seed0.cost.jsonl").unlink()
+    assert main(["report", str(broken), "--export", str(tmp_path / "out")]) == 2
+    assert "dpo-seed0.cost.jsonl" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.partial-*"))
