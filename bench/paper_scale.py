@@ -2,12 +2,15 @@
 
     python -m bench.paper_scale                       # configs/paper-hh-7b.yaml, 7B Llama, H100 at 35% MFU
     python -m bench.paper_scale --mfu 0.25 --json out.json
+    python -m bench.paper_scale --config configs/paper-pku-7b.yaml --data-format pku-saferlhf-derived \
+        --data ../shared/data/pku-saferlhf-derived/safety_pairs_5k.json --train-pairs 27000
 
 Counted in model FLOPs (bench.gpu_throughput.flops_per_token: 6 N + 12 L H T per trained token,
 a third of that per forward-only token):
 - tokens: the config's own tokenisation (trainers.logprobs.tokenize_pairs: prompt template,
-  truncation to train.max_length / max_prompt_length) of the HH pairs found locally (--data; the
-  test splits are the only ones offline and share the train splits' distribution), padded as
+  truncation to train.max_length / max_prompt_length) of the pairs found locally (--data, in
+  --data-format; for HH the test splits are the only ones offline and share the train splits'
+  distribution; for PKU-SafeRLHF the 5,135 derived pairs), padded as
   training pads them (batches of train.batch_size pairs in a seeded random order), then scaled to
   --train-pairs (the harmless-base + helpful-base train splits: 42,537 + 43,835 rows). The
   tokenizer is --tokenizer (SmolLM2's by default: the 7B model's own is not available offline).
@@ -86,7 +89,9 @@ def estimate(cfg: Any, tokens_per_pair: float, mean_prompt_tokens: float, train_
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/paper-hh-7b.yaml")
-    parser.add_argument("--data", nargs="+", default=list(HH_TEST), help="hh-rlhf files to count tokens on")
+    parser.add_argument("--data", nargs="+", default=list(HH_TEST), help="files to count tokens on")
+    parser.add_argument("--data-format", default="hh-rlhf",
+                        help="their data format (`bdpo ls data`), e.g. pku-saferlhf-derived for configs/paper-pku-7b.yaml")
     parser.add_argument("--tokenizer", default="builtin:smollm2-135m-instruct")
     parser.add_argument("--train-pairs", type=int, default=42537 + 43835)
     parser.add_argument("--gpu", default="H100", choices=sorted(PEAK_BF16_TFLOPS))
@@ -104,7 +109,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from trainers.logprobs import tokenize_pairs
 
     cfg = load_config(args.config)
-    sources = tuple(DataSourceConfig(format="hh-rlhf", name=f"s{i}", path=p) for i, p in enumerate(args.data))
+    sources = tuple(DataSourceConfig(format=args.data_format, name=f"s{i}", path=p) for i, p in enumerate(args.data))
     pairs, _ = load_sources(DataConfig(sources=sources))
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(args.tokenizer))
     tokenized, stats = tokenize_pairs(pairs, tokenizer, use_chat_template=cfg.model.use_chat_template,
