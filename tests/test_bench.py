@@ -143,6 +143,19 @@ def test_paper_scale_counts_padding_units_and_references():
     assert hours["generation"] == pytest.approx(13 * 1000 * 256 / 1000 / 3600)
 
 
+def test_paper_scale_counts_the_tokens_of_any_data_format(tmp_path: Path) -> None:
+    """The PKU estimate counts the derived PKU pairs with configs/paper-pku-7b.yaml's tokenisation."""
+    from bench.paper_scale import main
+    from tests.conftest import shared_path
+
+    pku = shared_path("data", "pku-saferlhf-derived", "safety_pairs_5k.json")
+    out = main(["--config", str(REPO / "configs" / "paper-pku-7b.yaml"), "--data-format", "pku-saferlhf-derived",
+                "--data", str(pku), "--train-pairs", "1000", "--json", str(tmp_path / "pku.json")])
+    assert out["pairs_counted"] == 5135 and out["train_pairs"] == 1000
+    assert out["mean_tokens_per_pair_padded"] >= out["mean_tokens_per_pair_unpadded"] > 0
+    assert json.loads((tmp_path / "pku.json").read_text())["gpu_hours"] == out["gpu_hours"]
+
+
 def test_throughput_generation_worker_runs_every_policy_through_one_pool(tiny_llama: str, tmp_path: Path) -> None:
     from bench.throughput import agreement, generate_units, make_units, projected_wall
 
